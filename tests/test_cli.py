@@ -1,0 +1,61 @@
+"The lvmkit command line: list, train --quick, eval, and clear errors."
+import json
+from importlib.metadata import entry_points
+import pytest
+import torch
+from lvmkit.cli import main
+from lvmkit.core import build_model
+from lvmkit.training import save_checkpoint
+
+
+def test_console_script_is_declared():
+    assert any(e.name == "lvmkit" and e.value == "lvmkit.cli:main" for e in entry_points(group="console_scripts"))
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "vae-mlp" in out["experiments"] and out["aliases"]["vae"] == "vae-mlp" and "mlp_vae" in out["models"]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["train", "no-such"], "unknown experiment"),
+    (["eval", "missing.pt"], "not found"),
+    (["train", "vae", "--device", "cuda:7"], "CUDA"),
+    (["train", "vae", "--device", "tpu9"], "device"),
+])
+def test_errors_are_one_line(argv, msg, capsys):
+    if "cuda:7" in argv and torch.cuda.is_available(): pytest.skip("has CUDA")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lvmkit: error:") and msg in err and "Traceback" not in err
+
+
+def test_bad_arguments_exit_2():
+    with pytest.raises(SystemExit) as e: main(["eval"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e: main(["train", "vae", "--max-time", "soon"])
+    assert e.value.code == 2
+
+
+def test_eval_rejects_foreign_and_bad_checkpoints(tmp_path, capsys):
+    bad = tmp_path / "junk.pt"; bad.write_bytes(b"not a checkpoint")
+    assert main(["eval", str(bad)]) == 2
+    m = build_model("mlp_vae", z_dim=3, hidden=(8,))
+    sd = m.state_dict(); sd.pop("decoder.net.0.weight")
+    save_checkpoint(tmp_path / "broken.pt", model=sd, spec=m.spec)
+    assert main(["eval", str(tmp_path / "broken.pt"), "--iw", "2", "--n", "10", "--no-progress"]) == 2
+    assert "decoder.net.0.weight" in capsys.readouterr().err
+
+
+def test_train_quick_then_eval(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--quick", "--out", str(run), "--no-progress", "--results-dir", str(tmp_path / "res")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["finished"] and summary["name"] == "vae-mlp-quick" and summary["test_nll_iw100"] > 0
+    for f in ("best.pt", "last.pt", "metrics.jsonl", "samples.png", "result.json", "experiment.json"): assert (run / f).exists(), f
+    rec = json.loads((tmp_path / "res" / "vae-mlp-quick.json").read_text())
+    assert rec["mode"] == "quick" and rec["k"] == 100 and rec["metric"] == "nll_nats"
+    assert main(["eval", str(run / "best.pt"), "--iw", "5", "--n", "100", "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n"] == 100 and r["k"] == 5 and r["dataset"] == "binarized_mnist" and r["elbo"] < -r["nll"] + 1.0

@@ -1,0 +1,338 @@
+"Tests of lvmkit.training: configuration, the loop, checkpoints, resume, guards, EMA, early stopping, schedules and DDP."
+import json, math, os, socket, subprocess, sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler, TensorDataset
+
+from lvmkit.core import MODELS, build_model, register_model
+from lvmkit.training import (TrainConfig, check_compatible, evaluate_mean, fit, load_checkpoint, load_model, lr_factor,
+                             save_checkpoint)
+from _ddp_worker import DiagGaussian, LinearGaussian, ddp_problem, regression_data
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = dict(device="cpu", progress=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    "These models are tiny: one intra-op thread avoids thread contention on a busy 2-core machine (60x faster here)."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def gaussian_data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g) * torch.tensor([0.5, 2.0]) + torch.tensor([1.0, -3.0])  # (n, 2)
+
+
+class ListDataset(Dataset):
+    "A generic (non-TensorDataset) dataset yielding (x, label) pairs, to exercise the DataLoader path."
+    def __init__(self, x): self.x = x
+    def __len__(self): return len(self.x)
+    def __getitem__(self, i): return self.x[i], 0
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------- configuration
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(steps=0), "steps"), (dict(steps=1.5), "steps"), (dict(batch_size=0), "batch_size"), (dict(lr=-1.0), "lr"),
+    (dict(lr=float("nan")), "lr"), (dict(optimizer="sgd"), "optimizer"), (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(lr_schedule="linear"), "lr_schedule"), (dict(lr_warmup_steps=-1), "lr_warmup_steps"),
+    (dict(steps=10, lr_warmup_steps=11), "lr_warmup_steps"), (dict(lr_final=1.5), "lr_final"),
+    (dict(lr_schedule="exponential"), "lr_final"), (dict(grad_clip=0.0), "grad_clip"), (dict(ema_decay=1.0), "ema_decay"),
+    (dict(eval_every=0), "eval_every"), (dict(patience=0), "patience"), (dict(log_every=0), "log_every"),
+    (dict(amp="yes"), "amp"), (dict(compile=1), "compile"), (dict(seed=-1), "seed"), (dict(on_nonfinite="ignore"), "on_nonfinite"),
+])
+def test_config_validation_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field} "):
+        TrainConfig(**kwargs)
+
+
+def test_config_error_lists_choices_and_config_is_frozen():
+    with pytest.raises(ValueError, match="adam.*adamw.*adamax.*rmsprop"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(Exception):
+        TrainConfig().lr = 1.0
+
+
+def test_batch_size_and_dataset_size_errors():
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        fit(DiagGaussian(), gaussian_data(10), config=TrainConfig(steps=2, batch_size=16), **CPU)
+    with pytest.raises(TypeError, match="log_prob"):
+        fit(nn.Linear(2, 2), gaussian_data(32), config=TrainConfig(steps=2, batch_size=16), **CPU)
+
+
+# ---------------------------------------------------------------- the loop
+
+@pytest.mark.parametrize("wrap", [lambda x: x, TensorDataset, ListDataset])
+def test_loss_decreases(wrap):
+    torch.manual_seed(0)
+    x = regression_data(256)
+    res = fit(LinearGaussian(), wrap(x), config=TrainConfig(steps=60, batch_size=32, lr=0.01, log_every=10), **CPU)
+    losses = [r["loss"] for r in res.history if "loss" in r]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.5
+    assert res.finished and not res.stopped_early and res.steps == 60 and res.examples_per_s > 0 and res.wall_time_s > 0
+
+
+def test_closed_form_mle():
+    x = gaussian_data(512)
+    cfg = TrainConfig(steps=300, batch_size=512, lr=0.2, lr_schedule="cosine", log_every=100)
+    m = fit(DiagGaussian(), x, config=cfg, **CPU).model
+    assert torch.allclose(m.loc, x.mean(0), atol=1e-3)
+    assert torch.allclose(m.log_scale.exp(), x.std(0, correction=0), atol=1e-3)
+
+
+def test_metrics_file_and_run_dir(tmp_path):
+    cfg = TrainConfig(steps=20, batch_size=32, eval_every=10, log_every=5)
+    res = fit(DiagGaussian(), gaussian_data(), gaussian_data(64, 1), cfg, run_dir=tmp_path, **CPU)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    info = json.loads((tmp_path / "config.json").read_text())
+    assert info["config"]["steps"] == 20 and info["model"] is None and "lvmkit_version" in info
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records == res.history
+    train = [r for r in records if "loss" in r]; valid = [r for r in records if "valid" in r]
+    assert [r["step"] for r in train] == [5, 10, 15, 20] and [r["step"] for r in valid] == [10, 20]
+    assert {"step", "loss", "lr", "examples_per_s", "grad_norm"} <= set(train[0]) and {"step", "valid", "best"} <= set(valid[0])
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert {"model", "optimizer", "scheduler", "ema", "rng", "state", "config", "lvmkit_version", "spec"} <= set(ck)
+    assert ck["state"]["step"] == 20 and ck["state"]["best_step"] == res.best_step
+
+
+# ---------------------------------------------------------------- resume
+
+def _noisy_loss(model, x, step):
+    "A stochastic loss (uses torch's RNG) so that resuming must restore the random state."
+    noise = 0.1 * torch.randn_like(x)
+    return -model.log_prob(x + noise).mean(), {"noise": noise.abs().mean()}
+
+
+@pytest.mark.parametrize("wrap", [lambda x: x, ListDataset])
+def test_resume_is_bit_identical(tmp_path, wrap):
+    x, v = regression_data(100), regression_data(30, 1)   # 100 / 16: 6 batches an epoch, so 20 steps cross epochs
+    cfg = TrainConfig(steps=20, batch_size=16, lr=0.01, lr_schedule="cosine", lr_warmup_steps=3, ema_decay=0.8,
+                      grad_clip=1.0, eval_every=4, log_every=2)
+    torch.manual_seed(0); full = fit(LinearGaussian(), wrap(x), wrap(v), cfg, loss_fn=_noisy_loss, run_dir=tmp_path / "a", **CPU)
+    torch.manual_seed(0); part = fit(LinearGaussian(), wrap(x), wrap(v), cfg, loss_fn=_noisy_loss, run_dir=tmp_path / "b", stop_at_step=10, **CPU)
+    assert not part.finished and part.steps == 10 and load_checkpoint(tmp_path / "b" / "last.pt")["state"]["step"] == 10
+    torch.manual_seed(123); rest = fit(LinearGaussian(), wrap(x), wrap(v), cfg, loss_fn=_noisy_loss, run_dir=tmp_path / "b", **CPU)
+    assert rest.finished and rest.steps == 20
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in a["model"]: assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["ema"]: assert torch.equal(a["ema"][k], b["ema"][k]), k
+    for k, s in a["optimizer"]["state"].items():
+        for name in s: assert torch.equal(s[name], b["optimizer"]["state"][k][name])
+    assert all(torch.equal(p, q) for p, q in zip(full.model.parameters(), rest.model.parameters()))
+    assert (full.best_valid, full.best_step) == (rest.best_valid, rest.best_step)
+    assert [r for r in full.history if "valid" in r] == [r for r in rest.history if "valid" in r]
+    assert [r["step"] for r in full.history] == [r["step"] for r in rest.history]
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    cfg = TrainConfig(steps=4, batch_size=16, eval_every=2)
+    fit(DiagGaussian(), gaussian_data(), config=cfg, run_dir=tmp_path, stop_at_step=2, **CPU)
+    with pytest.raises(ValueError, match=r"lr=0.001 \(checkpoint\) vs 0.01 \(now\)"):
+        fit(DiagGaussian(), gaussian_data(), config=replace(cfg, lr=0.01), run_dir=tmp_path, **CPU)
+    res = fit(DiagGaussian(), gaussian_data(), config=replace(cfg, steps=6, log_every=1), run_dir=tmp_path, **CPU)  # allowed
+    assert res.steps == 6 and res.finished
+    res = fit(DiagGaussian(), gaussian_data(), config=replace(cfg, lr=0.01), run_dir=tmp_path, resume=False, **CPU)
+    assert res.steps == 4 and load_checkpoint(tmp_path / "last.pt")["config"]["lr"] == 0.01
+
+
+def test_max_time_stops_after_writing_last(tmp_path):
+    res = fit(DiagGaussian(), gaussian_data(), config=TrainConfig(steps=50, batch_size=16), run_dir=tmp_path, max_time_s=0.0, **CPU)
+    assert not res.finished and res.steps == 1 and load_checkpoint(tmp_path / "last.pt")["state"]["step"] == 1
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    cfg = TrainConfig(steps=10, batch_size=16, eval_every=5)
+    real_save, calls = torch.save, []
+    def flaky_save(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:          # the checkpoint at step 10 dies half-way through the write
+            f.write(b"partial"); raise OSError("disk full")
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", flaky_save)
+    with pytest.raises(OSError, match="disk full"):
+        fit(DiagGaussian(), gaussian_data(), config=cfg, run_dir=tmp_path, **CPU)
+    assert len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "last.pt", "metrics.jsonl"]  # no temporary file left
+    assert load_checkpoint(tmp_path / "last.pt")["state"]["step"] == 5
+    monkeypatch.setattr(torch, "save", real_save)
+    assert fit(DiagGaussian(), gaussian_data(), config=cfg, run_dir=tmp_path, **CPU).steps == 10   # and the run resumes from it
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": torch.ones(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not an lvmkit checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="not an lvmkit checkpoint"):
+        load_checkpoint(tmp_path / "garbage.pt")
+
+
+@pytest.fixture
+def registered():
+    @register_model("_test_linear_gaussian")
+    def _builder(d_in: int = 3, d_out: int = 2) -> nn.Module: return LinearGaussian(d_in, d_out)
+    @register_model("_test_diag_gaussian")
+    def _builder2(dim: int = 5) -> nn.Module: return DiagGaussian(dim)
+    yield
+    del MODELS["_test_linear_gaussian"], MODELS["_test_diag_gaussian"]
+
+
+def test_load_model_round_trip(tmp_path, registered):
+    torch.manual_seed(0)
+    model = build_model("_test_linear_gaussian", d_in=3)
+    cfg = TrainConfig(steps=12, batch_size=16, ema_decay=0.7, eval_every=6)
+    res = fit(model, regression_data(64), regression_data(20, 1), cfg, run_dir=tmp_path, **CPU)
+    ema, raw = load_model(tmp_path / "last.pt"), load_model(tmp_path / "last.pt", use_ema=False)
+    assert ema.spec == {"name": "_test_linear_gaussian", "kwargs": {"d_in": 3}} and not ema.training
+    assert all(torch.equal(a, b) for a, b in zip(ema.state_dict().values(), res.model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(), model.state_dict().values()))
+    assert isinstance(load_model(tmp_path / "best.pt"), LinearGaussian)
+
+
+def test_other_model_gives_clear_error(tmp_path, registered):
+    cfg = TrainConfig(steps=2, batch_size=16, eval_every=2)
+    fit(build_model("_test_linear_gaussian"), regression_data(32), config=cfg, run_dir=tmp_path, **CPU)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="holds a '_test_linear_gaussian' model, not a '_test_diag_gaussian'"):
+        fit(build_model("_test_diag_gaussian"), regression_data(32), config=cfg, run_dir=tmp_path, **CPU)
+    with pytest.raises(ValueError, match=r"d_out=2 \(checkpoint\) vs 4 \(model\)"):
+        check_compatible(build_model("_test_linear_gaussian", d_out=4), ck)
+    check_compatible(build_model("_test_linear_gaussian", d_out=2), ck)      # explicit default: same model
+    with pytest.raises(ValueError, match=r"missing keys \[loc\]; unexpected keys \[net.0.weight"):
+        check_compatible(DiagGaussian(2), ck)                                 # no spec: compared by weights
+    with pytest.raises(ValueError, match=r"shape mismatches \[net.0.weight: \(8, 3\) \(checkpoint\) vs \(8, 4\) \(model\)"):
+        check_compatible(LinearGaussian(d_in=4), ck)
+
+
+# ---------------------------------------------------------------- EMA, early stopping
+
+def test_ema_differs_and_is_used_for_validation(tmp_path):
+    torch.manual_seed(0)
+    model, x, v = LinearGaussian(), regression_data(128), regression_data(40, 1)
+    res = fit(model, x, v, TrainConfig(steps=20, batch_size=32, lr=0.02, ema_decay=0.9, eval_every=20), run_dir=tmp_path, **CPU)
+    assert res.model is not model and not torch.equal(res.model.net[0].weight, model.net[0].weight)
+    last_valid = [r["valid"] for r in res.history if "valid" in r][-1]
+    assert last_valid == pytest.approx(evaluate_mean(res.model, v), abs=1e-9)
+    assert abs(last_valid - evaluate_mean(model, v)) > 1e-4
+
+
+def test_early_stopping(tmp_path):
+    scores = iter([1.0, 2.0, 1.5, 1.9, 0.0, 5.0])                              # best at the 2nd evaluation
+    def valid_fn(model, x): return torch.full((len(x),), next(scores))    # one batch of 16: one score per evaluation
+    cfg = TrainConfig(steps=100, batch_size=16, eval_every=2, patience=3)
+    res = fit(DiagGaussian(), gaussian_data(), gaussian_data(16, 1), cfg, valid_fn=valid_fn, run_dir=tmp_path, **CPU)
+    assert res.stopped_early and res.finished and res.steps == 10 and (res.best_step, res.best_valid) == (4, 2.0)
+    assert load_checkpoint(tmp_path / "best.pt")["state"]["step"] == 4
+    again = fit(DiagGaussian(), gaussian_data(), gaussian_data(16, 1), cfg, valid_fn=valid_fn, run_dir=tmp_path, **CPU)
+    assert again.stopped_early and again.steps == 10                          # resuming a finished run does nothing
+
+
+# ---------------------------------------------------------------- non-finite values
+
+def _step_of_row(n, batch_size, row, seed=0):
+    "The step whose batch holds example `row` in epoch 0."
+    order = list(DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=True))
+    return order.index(row) // batch_size
+
+
+@pytest.mark.parametrize("wrap", [lambda x: x, ListDataset])
+def test_nan_batch_names_the_step(wrap):
+    x = gaussian_data(160); x[37, 1] = float("nan")
+    step = _step_of_row(160, 16, 37)
+    with pytest.raises(ValueError, match=rf"batch at step {step} contains NaN/Inf"):
+        fit(DiagGaussian(), wrap(x), config=TrainConfig(steps=10, batch_size=16), **CPU)
+
+
+def test_nan_loss_raises_before_the_update(tmp_path):
+    seen = {}
+    def loss_fn(model, x, step):
+        loss = -model.log_prob(x).mean()
+        if step == 5:
+            seen["before"] = params(model)
+            loss = loss * float("nan")
+        return loss, {}
+    model = DiagGaussian()
+    with pytest.raises(FloatingPointError, match=r"step 5: loss=nan"):
+        fit(model, gaussian_data(), config=TrainConfig(steps=10, batch_size=16, eval_every=3), loss_fn=loss_fn, run_dir=tmp_path, **CPU)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in seen["before"].items())
+    assert load_checkpoint(tmp_path / "last.pt")["state"]["step"] == 3
+
+
+def test_skip_mode_counts_skipped_steps(tmp_path):
+    def loss_fn(model, x, step):
+        loss = -model.log_prob(x).mean()
+        return (loss * float("inf") if step in (3, 4) else loss), {}
+    cfg = TrainConfig(steps=10, batch_size=16, on_nonfinite="skip", log_every=5)
+    res = fit(DiagGaussian(), gaussian_data(), config=cfg, loss_fn=loss_fn, run_dir=tmp_path, **CPU)
+    assert res.finished and res.skipped_steps == 2 and res.steps == 10
+    assert [r["skipped_steps"] for r in res.history] == [2, 2] and all(math.isfinite(r["loss"]) for r in res.history)
+
+
+# ---------------------------------------------------------------- learning rate
+
+def test_lr_schedules():
+    lrs = lambda cfg, **kw: [r["lr"] for r in fit(DiagGaussian(), gaussian_data(), config=cfg, **CPU, **kw).history]
+    cfg = TrainConfig(steps=20, batch_size=16, lr=0.1, lr_schedule="cosine", lr_final=0.2, lr_warmup_steps=5, log_every=1)
+    got = lrs(cfg)
+    assert got[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])                  # warm-up ramps linearly
+    assert got[-1] == pytest.approx(0.1 * 0.2) and all(a >= b for a, b in zip(got[4:], got[5:]))
+    assert lrs(replace(cfg, lr_schedule="exponential", lr_final=0.01, lr_warmup_steps=0))[-1] == pytest.approx(0.1 * 0.01)
+    assert set(lrs(replace(cfg, lr_schedule="constant", lr_warmup_steps=0))) == {0.1}
+    assert lr_factor(replace(cfg, lr_final=0.0), 19) == 0.0
+
+
+# ---------------------------------------------------------------- distributed
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(ROOT / "tests" / "_ddp_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    model, train, valid, config = ddp_problem()
+    one = fit(model, train, valid, config, run_dir=tmp_path / "one", **CPU)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for r in ranks:
+        assert r["world"] == 2 and r["steps"] == 8
+        for k, v in one.model.state_dict().items():
+            assert torch.allclose(r["params"][k], v, atol=1e-6), k                       # EMA weights
+        for k, v in model.state_dict().items():
+            assert torch.allclose(r["raw"][k], v, atol=1e-6), k                          # raw weights
+        assert r["best_valid"] == pytest.approx(one.best_valid, abs=1e-5)                 # validation sums reduced over ranks
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(one.history)                                                 # only rank 0 writes
+
+
+# ---------------------------------------------------------------- bf16 autocast and torch.compile
+
+def test_amp_and_compile_match_eager():
+    x = regression_data(128)
+    def run(**kw):
+        torch.manual_seed(0)
+        return fit(LinearGaussian(), x, config=TrainConfig(steps=6, batch_size=32, lr=0.01, log_every=3, **kw), **CPU)
+    eager, amp, compiled = run(), run(amp=True), run(compile=True)
+    losses = lambda r: [h["loss"] for h in r.history]
+    assert losses(amp) == pytest.approx(losses(eager), abs=2e-2) and losses(amp) != losses(eager)   # bf16 really used
+    assert losses(compiled) == pytest.approx(losses(eager), abs=1e-5)
+    for p, q in zip(compiled.model.parameters(), eager.model.parameters()): assert torch.allclose(p, q, atol=1e-5)
