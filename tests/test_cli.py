@@ -59,3 +59,20 @@ def test_train_quick_then_eval(tmp_path, capsys):
     assert main(["eval", str(run / "best.pt"), "--iw", "5", "--n", "100", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["n"] == 100 and r["k"] == 5 and r["dataset"] == "binarized_mnist" and r["elbo"] < -r["nll"] + 1.0
+
+
+def test_train_under_torchrun_two_processes(tmp_path):
+    "lvmkit train under torchrun (2 gloo processes on CPU): data-parallel training, rank 0 alone evaluates and writes."
+    import os, subprocess, sys, shutil
+    exe = shutil.which("lvmkit", path=os.path.dirname(sys.executable))
+    if exe is None: pytest.skip("the lvmkit console script is not installed next to this Python")
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LVMKIT_QUICK": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           exe, "train", "vae", "--out", str(run), "--no-progress", "--device", "cpu"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    assert len(json.loads((run / "result.json").read_text())) == 1          # written once, by rank 0
+    assert p.stdout.count('"finished": true') == 2                          # both ranks trained to the end

@@ -79,12 +79,13 @@ def test_markdown_rows_and_quick_label():
     page = results_markdown([quick, cifar, full])
     assert page.startswith("# Results\n") and "never by hand" in page
     assert page.count("\n## ") == 2 and page.index("## binarized_mnist") < page.index("## cifar10")
-    rows = [l for l in page.splitlines() if l.startswith("| vae |")]
+    rows = [l for l in page.splitlines() if "| vae |" in l]   # the model column
     assert len(rows) == 2 and "| full |" in rows[0] and QUICK_LABEL in rows[1]   # full runs first, quick labelled
     assert "86.31" in rows[0] and "5000" in rows[0] and "-89.90" in rows[0] and "`abc1234`" in rows[0]
     assert "120.50" in rows[1] and "CPU: test, 2 threads" in rows[1]
     assert "test bits/dim" in page and "3.123" in page and "test NLL (nats)" in page
-    assert "VAE k=5000 (Burda et al., 2016): 86.76 nats" in page
+    assert "- VAE k=5000 (Burda et al., 2016): 86.76 nats" in page
+    assert rows[0].startswith("| `") and "training time" in page   # the run name comes first
     assert "short CI/CPU" in page
 
 
