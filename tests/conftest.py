@@ -21,3 +21,13 @@ def _lvmkit_cache(tmp_path_factory):
     os.environ["LVMKIT_CACHE"] = str(path)
     yield path
     os.environ.pop("LVMKIT_CACHE", None)
+
+
+@pytest.fixture(autouse=True)
+def _seed_every_test():
+    "This torch build seeds its global generator randomly in each process: seed every test so the suite is repeatable."
+    import random
+    import numpy as np
+    import torch
+    random.seed(0); np.random.seed(0); torch.manual_seed(0)
+    yield
