@@ -123,3 +123,28 @@ def test_toc_lists_every_notebook_and_only_existing_files():
     assert not nbs - set(listed), f"notebooks missing from _toc.yml: {sorted(nbs - set(listed))}"
     stray = [f for f in listed if not any((REPO / f).with_suffix(s).exists() for s in (".ipynb", ".md"))]
     assert not stray, f"_toc.yml lists files that do not exist: {stray}"
+
+
+def display_math_problems(text: str) -> list[str]:
+    "Display-maths blocks ($$ ... $$) that do not stand in a paragraph of their own (MyST then reads $$ as inline maths)."
+    lines, bad, inblock = text.split("\n"), [], False
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if not inblock and s.startswith("$$"):
+            if i and lines[i - 1].strip(): bad.append(f"no blank line before: {s[:60]}")
+            inblock = not (len(s) > 2 and s.endswith("$$"))
+            closes_here = not inblock
+        elif inblock and s.endswith("$$"): inblock, closes_here = False, True
+        else: closes_here = False
+        if closes_here and i + 1 < len(lines) and lines[i + 1].strip(): bad.append(f"no blank line after: {s[-60:]}")
+    return bad
+
+
+def test_display_math_check_catches_mid_paragraph_maths():
+    assert display_math_problems("text:\n$$x=1$$\nmore") == ["no blank line before: $$x=1$$", "no blank line after: $$x=1$$"]
+    assert display_math_problems("text:\n\n$$\nx=1\n$$\n\nmore") == []
+
+
+def test_display_math_stands_alone(nb_path):
+    bad = [p for c in load(nb_path)["cells"] if c["cell_type"] == "markdown" for p in display_math_problems(source(c))]
+    assert not bad, f"{nb_path.name}: put display maths in its own paragraph (blank lines around $$ ... $$): {bad[:3]}"
