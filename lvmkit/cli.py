@@ -11,7 +11,8 @@ from .core import MODELS, default_device
 from .experiments import ALIASES, EXPERIMENTS, get_dataset, get_experiment, run_experiment, _subset
 from .objectives import evaluate
 from .training import init_distributed, load_model
-import lvmkit.vae  # registers the Chapter-1 models and experiments
+from .core import import_chapters
+import_chapters()  # registers the models and experiments of every chapter
 
 # %% auto #0
 __all__ = ['main']

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['MODELS', 'quick', 'default_device', 'seed_everything', 'describe_hardware', 'git_commit', 'register_model',
-           'build_model']
+__all__ = ['MODELS', 'CHAPTER_MODULES', 'quick', 'default_device', 'seed_everything', 'describe_hardware', 'git_commit',
+           'register_model', 'import_chapters', 'build_model']
 
 # %% ../nbs/00_core.ipynb #a3ff54d6
 def quick() -> bool:
@@ -65,8 +65,16 @@ def register_model(name: str) -> Callable:
         return fn
     return deco
 
+CHAPTER_MODULES = ("lvmkit.vae", "lvmkit.iaf")  # the modules that register the book's models and experiments
+
+def import_chapters() -> None:
+    "Import every chapter module, so that all of the book's models and experiments are registered."
+    import importlib
+    for m in CHAPTER_MODULES: importlib.import_module(m)
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     "Build the registered model `name` with `kwargs`; the result remembers both in `model.spec`."
+    if name not in MODELS: import_chapters()
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; registered models: {sorted(MODELS) or 'none (import the chapter module first)'}")
     params = inspect.signature(MODELS[name]).parameters
