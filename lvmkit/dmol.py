@@ -95,7 +95,7 @@ class DiscretizedLogisticMixture(Distribution):
                  log_scales: Tensor, # (*batch, K, C, H, W) log scales; stored clamped at `min_log_scale`
                  coeffs: Tensor | None = None, # (*batch, K, 3, H, W) channel coefficients; required for C = 3, None for C = 1
                  min_log_scale: float = -7.0, # PixelCNN++'s floor on log s
-                 validate_args: bool | None = None, # check parameters and values (torch's default: on)
+                 validate_args: bool | None = None, # parameter checks follow torch's default; pixel values are range-checked unless False
                 ):
         if means.dim() < 4: raise ValueError(f"means must have shape (*batch, K, C, H, W), got {tuple(means.shape)}")
         K, C, H, W = means.shape[-4:]
@@ -112,9 +112,10 @@ class DiscretizedLogisticMixture(Distribution):
         self.logit_probs, self.means, self.coeffs = logit_probs, means, coeffs
         self.log_scales = log_scales.clamp(min=min_log_scale)
         super().__init__(batch_shape=logit_probs.shape[:-3], event_shape=(C, H, W), validate_args=validate_args)
+        self.check_values = validate_args is not False   # not torch's global default: torch.compile switches that off
 
     def _check(self, x: Tensor) -> None:
-        check_pixels(x, self.event_shape, check_range=bool(self._validate_args))
+        check_pixels(x, self.event_shape, check_range=self.check_values)
         try: torch.broadcast_shapes(x.shape[:-3], self.batch_shape)
         except RuntimeError: raise ValueError(f"x has batch shape {tuple(x.shape[:-3])}, which does not broadcast "
                                               f"with the distribution's batch shape {tuple(self.batch_shape)}") from None

@@ -53,6 +53,9 @@ class Experiment:
     eval_k: tuple[int, ...] = (1000,)           # importance samples; the first is the headline number
     quick_train: dict = field(default_factory=dict) # TrainConfig fields replaced in quick mode
     quick_test_n: int = 1000                    # quick mode evaluates n test examples spread evenly over the split
+    test_n: int | None = None                   # full mode: all of the test split, or n examples spread evenly over it
+    eval_batch_size: int = 500                  # test images per importance-weighted batch (lower it for large decoders)
+    sample_noise: bool = False                  # samples.png shows decoder means (False) or draws (True: autoregressive decoders)
     quick_k: tuple[int, ...] = (100,)
     reference: dict = field(default_factory=dict)   # published numbers {label: nats}
 
@@ -86,7 +89,8 @@ def _subset(ds: Dataset, n: int) -> Dataset:
 def save_samples(model: nn.Module, path: str | Path, n: int = 64, noise: bool = False) -> Path:
     "Save a grid of `n` model samples (decoder means when noise=False) as a PNG."
     model.eval()
-    with torch.no_grad(): x = model.sample(n, noise=noise).float().cpu()
+    with torch.no_grad(): x = model.sample(n, noise=noise).cpu()
+    x = x.float() / 255 if not x.is_floating_point() or x.max() > 1 else x.float()   # 8-bit pixels to [0, 1]
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     save_image(make_grid(x, nrow=int(math.sqrt(n)), padding=1, pad_value=1.0), path)
     return path
@@ -104,7 +108,8 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
     train = get_dataset(exp.dataset, exp.train_split, data_root)
     valid = get_dataset(exp.dataset, exp.valid_split, data_root) if exp.valid_split else None
     test = get_dataset(exp.dataset, exp.test_split, data_root)
-    if quick_mode: test = _subset(test, exp.quick_test_n)
+    if quick_mode: test, valid = _subset(test, exp.quick_test_n), (_subset(valid, exp.quick_test_n) if valid is not None else None)
+    elif exp.test_n is not None: test = _subset(test, exp.test_n)
     model = build_model(exp.model, **exp.model_kwargs)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "experiment.json").write_text(json.dumps(asdict(exp), indent=1, default=str) + "\n")
@@ -117,16 +122,17 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0: return summary  # rank 0 evaluates and writes
     ckpt = run_dir / ("best.pt" if valid is not None and (run_dir / "best.pt").exists() else "last.pt")
     model = load_model(ckpt).to(device)
-    evals = {k: evaluate(model, test, k=k, device=device, progress=progress) for k in exp.eval_k}
+    evals = {k: evaluate(model, test, k=k, batch_size=exp.eval_batch_size, device=device, progress=progress) for k in exp.eval_k}
     head = evals[exp.eval_k[0]]
-    save_samples(model, run_dir / "samples.png")
+    save_samples(model, run_dir / "samples.png", noise=exp.sample_noise)
     summary.update(checkpoint=str(ckpt), test_elbo=head["elbo"], **{f"test_nll_iw{k}": r["nll"] for k, r in evals.items()},
                    eval_time_s={k: r["seconds"] for k, r in evals.items()}, test_n=head["n"])
     records = []
     for i, (k, r) in enumerate(evals.items()):
         records.append(ResultRecord.from_run(
             run_device=device, name=exp.name if i == 0 else f"{exp.name}-iw{k}", model=exp.model, dataset=exp.dataset,
-            protocol=exp.protocol + (f" (quick: {r['n']} evenly spread test examples)" if quick_mode else ""),
+            protocol=exp.protocol + (f" (quick: {r['n']} evenly spread test examples)" if quick_mode
+                                            else f" ({r['n']} evenly spread test examples)" if exp.test_n is not None else ""),
             split=exp.test_split, metric="nll_nats", value=r["nll"], k=k, test_elbo=r["elbo"], bpd=r["bpd"],
             steps=res.steps, wall_time_s=res.wall_time_s, train_examples_per_s=res.examples_per_s,
             eval_time_s=r["seconds"], mode="quick" if quick_mode else "full", notes=exp.description,

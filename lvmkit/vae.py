@@ -16,9 +16,13 @@ from .training import TrainConfig
 from .experiments import Experiment, register_experiment
 
 # %% auto #0
-__all__ = ['MNIST_PROTOCOL', 'SEED_MEANFIELD', 'VAE_MLP', 'VAE_LATENT2', 'VAE', 'mlp_vae', 'gaussian_vae']
+__all__ = ['MNIST_PROTOCOL', 'SEED_MEANFIELD', 'VAE_MLP', 'VAE_LATENT2', 'decoder_mean', 'VAE', 'mlp_vae', 'gaussian_vae']
 
 # %% ../nbs/10_vae.ipynb #153be725
+def decoder_mean(px) -> Tensor:
+    "The decoder's mean E[x|z], or its `sample_mean()` for likelihoods without a closed-form mean (the logistic mixture)."
+    return px.sample_mean() if hasattr(px, "sample_mean") else px.mean
+
 class VAE(nn.Module):
     """Variational autoencoder: prior p(z), decoder p(x|z), amortised encoder q(z|x).
     References: Kingma & Welling, Auto-Encoding Variational Bayes, ICLR 2014; Rezende et al., ICML 2014."""
@@ -60,13 +64,13 @@ class VAE(nn.Module):
     def sample(self, n: int, noise: bool = True) -> Tensor:
         "n draws x ~ p(x|z), z ~ p(z); with noise=False the decoder's mean E[x|z] instead of a draw."
         px = self.decoder(self.prior().sample((n,)))
-        return px.sample() if noise else px.mean
+        return px.sample() if noise else decoder_mean(px)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         "Decoder mean at the posterior mean: E[x | z = E[z|x]]."
         self.check_input(x)
-        return self.decoder(self.encoder(x).mean).mean
+        return decoder_mean(self.decoder(self.encoder(x).mean))
 
 # %% ../nbs/10_vae.ipynb #3e32ea3e
 _ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus, "gelu": nn.GELU}

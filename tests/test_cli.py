@@ -76,3 +76,16 @@ def test_train_under_torchrun_two_processes(tmp_path):
     assert cfg["world_size"] == 2
     assert len(json.loads((run / "result.json").read_text())) == 1          # written once, by rank 0
     assert p.stdout.count('"finished": true') == 2                          # both ranks trained to the end
+
+
+def test_run_experiment_full_mode_on_an_evenly_spread_test_subset(tmp_path):
+    "Experiment.test_n evaluates n test examples spread over the split in full mode, and the record says so."
+    from dataclasses import replace
+    from lvmkit.experiments import get_experiment, run_experiment
+    exp = get_experiment("vae-mlp")
+    exp = replace(exp, name="tiny", model_kwargs=dict(z_dim=3, hidden=(16,)), test_n=50, eval_k=(3,),
+                  train=replace(exp.train, steps=20, eval_every=10, log_every=10))
+    s = run_experiment(exp, quick_mode=False, run_dir=tmp_path / "run", results_dir=tmp_path / "res", progress=False, device="cpu")
+    assert s["finished"] and s["test_n"] == 50
+    rec = json.loads((tmp_path / "res" / "tiny.json").read_text())
+    assert rec["mode"] == "full" and "50 evenly spread test examples" in rec["protocol"]
