@@ -1,4 +1,5 @@
 "Tests for lvmkit.results: records round-trip, malformed files fail loudly, the page labels quick runs."
+import math
 import json
 from dataclasses import asdict, replace
 
@@ -102,3 +103,14 @@ def test_write_results_page(tmp_path):
     save_result(make(), tmp_path / "records")
     assert write_results_page(tmp_path / "records", out) is True and "86.31" in out.read_text()
     assert write_results_page(tmp_path / "records", out) is False
+
+
+def test_page_has_a_bits_per_dim_column_and_keeps_the_unit_a_reference_names(tmp_path):
+    "Records in nats show their bits/dim too; a reference whose label names bits/dim is printed in bits/dim."
+    from lvmkit.results import ResultRecord, save_result, write_results_page
+    r = ResultRecord(name="img", model="m", dataset="cifar10", protocol="p", split="test", metric="nll_nats", value=6000.0, k=10,
+                     bpd=6000.0 / (3072 * math.log(2)), reference={"paper (bits/dim)": 2.95})
+    save_result(r, tmp_path / "res")
+    write_results_page(tmp_path / "res", tmp_path / "page.md")
+    page = (tmp_path / "page.md").read_text()
+    assert "| bits/dim |" in page and "2.818" in page and "paper (bits/dim): 2.950 bits/dim" in page
