@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 import torch
-from torch import nn
+from torch import nn, Tensor
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.utils import make_grid, save_image
 from .core import build_model, default_device, quick, seed_everything
@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['DATASETS', 'EXPERIMENTS', 'ALIASES', 'get_dataset', 'Experiment', 'register_experiment', 'get_experiment',
-           'save_samples', 'run_experiment']
+           'image_grid', 'show_images', 'save_samples', 'run_experiment']
 
 # %% ../nbs/09_experiments.ipynb #7c1ae8b4
 DATASETS: dict[str, Callable[..., Dataset]] = {
@@ -86,13 +86,24 @@ def _subset(ds: Dataset, n: int) -> Dataset:
     if isinstance(ds, TensorDataset): return TensorDataset(*(t[idx] for t in ds.tensors))
     return torch.utils.data.Subset(ds, idx.tolist())
 
+def image_grid(imgs: Tensor, nrow: int) -> Tensor:
+    "A (3, H', W') grid in [0, 1] of images (N, C, H, W) given in [0, 1] or as 8-bit pixel values 0..255."
+    x = imgs.detach().cpu()
+    x = x.float() / 255 if not x.is_floating_point() or x.max() > 1 else x.float()   # 8-bit pixels to [0, 1]
+    return make_grid(x.clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
+
+def show_images(imgs: Tensor, nrow: int, title: str = "", ax=None) -> None:
+    "Draw `image_grid(imgs, nrow)` on a matplotlib axis (the current one by default), with a small title."
+    import matplotlib.pyplot as plt
+    ax = ax or plt.gca()
+    ax.imshow(image_grid(imgs, nrow).permute(1, 2, 0)); ax.set_title(title, fontsize=9); ax.axis("off")
+
 def save_samples(model: nn.Module, path: str | Path, n: int = 64, noise: bool = False) -> Path:
     "Save a grid of `n` model samples (decoder means when noise=False) as a PNG."
     model.eval()
-    with torch.no_grad(): x = model.sample(n, noise=noise).cpu()
-    x = x.float() / 255 if not x.is_floating_point() or x.max() > 1 else x.float()   # 8-bit pixels to [0, 1]
+    with torch.no_grad(): x = model.sample(n, noise=noise)
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(make_grid(x, nrow=int(math.sqrt(n)), padding=1, pad_value=1.0), path)
+    save_image(image_grid(x, nrow=int(math.sqrt(n))), path)
     return path
 
 def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: str | Path | None = None,

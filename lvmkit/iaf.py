@@ -39,13 +39,13 @@ def iaf_vae(x_shape: Sequence[int] = (1, 28, 28), # shape of one binary image
 
 # %% ../nbs/11_iaf.ipynb #b767d7a7
 @torch.no_grad()
-def log_joint_grid(model: VAE,        # a VAE with a 2-D (or small) latent
+def log_joint_grid(model: nn.Module,  # prior() and decoder(z) returning distributions, e.g. a VAE with a small latent
                    x: Tensor,         # (B, *x_shape) observations
                    z: Tensor,         # (G, D) latent points
                    chunk: int = 4096, # latent points per decoder call
                   ) -> Tensor:
     "log p(x|z) + log p(z) for every image and latent point: (B, G)."
-    model.check_input(x)
+    if hasattr(model, "check_input"): model.check_input(x)
     pz, out = model.prior(), []
     for zc in z.split(chunk):                                    # (g, D)
         lp = model.decoder(zc[:, None, :]).log_prob(x)           # decoder batch (g, 1) against x (B,): (g, B)

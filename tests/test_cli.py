@@ -89,3 +89,13 @@ def test_run_experiment_full_mode_on_an_evenly_spread_test_subset(tmp_path):
     assert s["finished"] and s["test_n"] == 50
     rec = json.loads((tmp_path / "res" / "tiny.json").read_text())
     assert rec["mode"] == "full" and "50 evenly spread test examples" in rec["protocol"]
+
+
+def test_image_grid_scales_8bit_pixels_and_keeps_unit_images():
+    from lvmkit.experiments import image_grid
+    x = torch.rand(4, 1, 5, 5)
+    g = image_grid(x, nrow=2)
+    assert g.shape == (3, 13, 13) and torch.equal(g[0, 1:6, 1:6], x[0, 0])          # [0, 1] images are drawn as they are
+    p = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    assert torch.allclose(image_grid(p, nrow=2)[:, 1:6, 1:6], p[0].float() / 255)  # 8-bit pixels are scaled to [0, 1]
+    assert torch.allclose(image_grid(p.float(), nrow=2), image_grid(p, nrow=2))     # as are floats holding 0..255
