@@ -35,18 +35,22 @@ class MLP(nn.Sequential):
 class ConditionalNormal(nn.Module):
     "Diagonal Gaussian N(mu(context), diag(sigma(context)^2)); `net` outputs 2*D numbers: mu and softplus^-1(sigma)."
     def __init__(self,
-                 net: nn.Module, # maps context (..., C) to (..., 2 * D)
+                 net: nn.Module, # maps context to (..., 2 * D), or to (..., 2 * C, H, W) with event_dims=3
                  min_scale: float = 0.0, # added to the softplus scale; 0 keeps the plain parameterisation
+                 event_dims: int = 1, # 1: vectors, split on the last axis; 3: feature maps (C, H, W), split on channels
                 ):
         super().__init__()
-        self.net, self.min_scale = net, min_scale
+        if event_dims not in (1, 3): raise ValueError(f"event_dims must be 1 (vectors) or 3 (feature maps), got {event_dims}")
+        self.net, self.min_scale, self.event_dims = net, min_scale, event_dims
 
     def forward(self, context: Tensor) -> Independent:
-        h = self.net(context)                    # (..., 2D)
-        if h.shape[-1] % 2:
-            raise ValueError(f"ConditionalNormal's net must output an even number of features (mu and scale), got {h.shape[-1]}")
-        loc, pre_scale = h.chunk(2, dim=-1)      # (..., D) each
-        return Independent(Normal(loc, F.softplus(pre_scale) + self.min_scale), 1)
+        h = self.net(context)                    # (..., 2D) or (..., 2C, H, W)
+        dim = -self.event_dims
+        if h.dim() < self.event_dims or h.shape[dim] % 2:
+            raise ValueError(f"ConditionalNormal's net must output an even number of features (mu and scale) on axis {dim}, "
+                             f"got shape {tuple(h.shape)}")
+        loc, pre_scale = h.chunk(2, dim=dim)     # (..., D) or (..., C, H, W) each
+        return Independent(Normal(loc, F.softplus(pre_scale) + self.min_scale), self.event_dims)
 
 # %% ../nbs/02_distributions.ipynb #1f73d5ca
 class ConditionalBernoulli(nn.Module):

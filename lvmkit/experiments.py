@@ -16,7 +16,7 @@ from .core import build_model, default_device, quick, seed_everything
 from .data import binarized_mnist, cifar10, mnist
 from .objectives import elbo_objective, evaluate
 from .results import ResultRecord, save_result
-from .training import TrainConfig, fit, load_model
+from .training import TrainConfig, first_tensor, fit, load_model
 import torch.distributed as dist
 
 # %% auto #0
@@ -57,6 +57,7 @@ class Experiment:
     eval_batch_size: int = 500                  # test images per importance-weighted batch (lower it for large decoders)
     sample_noise: bool = False                  # samples.png shows decoder means (False) or draws (True: autoregressive decoders)
     quick_k: tuple[int, ...] = (100,)
+    monitor_n: int = 500                        # examples (validation split, else training) for a model's `monitor(x)` diagnostics
     reference: dict = field(default_factory=dict)   # published numbers {label: nats}
 
     def quick(self) -> "Experiment":
@@ -124,8 +125,12 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
     model = build_model(exp.model, **exp.model_kwargs)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "experiment.json").write_text(json.dumps(asdict(exp), indent=1, default=str) + "\n")
+    monitor = None
+    if hasattr(model, "monitor"):   # a model's own diagnostics (e.g. active units), on a fixed batch, at every evaluation
+        xm = torch.stack([first_tensor(b) for b in _subset(valid if valid is not None else train, exp.monitor_n)]).to(device)
+        monitor = lambda m: m.monitor(xm)
     res = fit(model, train, valid, exp.train, loss_fn=elbo_objective(**exp.objective), run_dir=run_dir,
-              resume=resume, device=device, progress=progress, max_time_s=max_time_s)
+              resume=resume, device=device, progress=progress, max_time_s=max_time_s, monitor=monitor)
     summary: dict[str, Any] = dict(name=exp.name, finished=res.finished, steps=res.steps, run_dir=str(run_dir),
                                    train_wall_time_s=res.wall_time_s, train_examples_per_s=res.examples_per_s,
                                    stopped_early=res.stopped_early, best_step=res.best_step)

@@ -436,6 +436,7 @@ def fit(model: nn.Module,
         progress: bool = True,
         stop_at_step: int | None = None,              # stop (after writing last.pt) at this step
         max_time_s: float | None = None,              # stop (after writing last.pt) after this many seconds
+        monitor: Callable[[nn.Module], dict] | None = None,  # (model) -> {name: number}: diagnostics logged at every evaluation
        ) -> TrainResult:
     "Train `model` by minimising `loss_fn` on `train_data` as `config` says; validate, checkpoint to `run_dir` and resume from it."
     t_start = time.monotonic()
@@ -469,6 +470,7 @@ def fit(model: nn.Module,
         if writer: history = _read_history(run_dir / "metrics.jsonl", state["step"])
     else:
         seed_everything(config.seed + rank)
+        if hasattr(model, "data_init"): model.data_init(next(batches.epoch(0))[0])  # a model's own data-dependent init, before DDP syncs rank 0's
         if writer:
             run_dir.mkdir(parents=True, exist_ok=True)
             for name in ("last.pt", "best.pt"): (run_dir / name).unlink(missing_ok=True)
@@ -503,6 +505,13 @@ def fit(model: nn.Module,
         if improved and run_dir is not None: checkpoint("best.pt")
         return score
 
+    def diagnose():
+        was = eval_model.training; eval_model.eval()
+        try:
+            with torch.no_grad(): values = {k: float(v) for k, v in monitor(eval_model).items()}
+        finally: eval_model.train(was)
+        log({"step": state["step"], "monitor": values})
+
     def done() -> bool:
         return state["step"] >= config.steps or (config.patience is not None and state["bad_evals"] >= config.patience)
 
@@ -531,6 +540,7 @@ def fit(model: nn.Module,
                 log(rec); bar.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}", refresh=False)
             if state["step"] % config.eval_every == 0:
                 if valid_data is not None: validate(); evaluated_at = state["step"]
+                if monitor is not None: diagnose()
                 checkpoint("last.pt"); saved_at = state["step"]
         if done() and steps_run:
             if window.n: log(window.record(state["step"], (state["step"] - 1) // batches.per_epoch, lr, config.batch_size, state["skipped_steps"]))
