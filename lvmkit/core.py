@@ -65,7 +65,7 @@ def register_model(name: str) -> Callable:
         return fn
     return deco
 
-CHAPTER_MODULES = ("lvmkit.vae", "lvmkit.iaf", "lvmkit.vlae", "lvmkit.lvae")  # the modules that register the book's models and experiments
+CHAPTER_MODULES = ("lvmkit.vae", "lvmkit.iaf", "lvmkit.vlae", "lvmkit.lvae", "lvmkit.vqvae")  # the modules that register the book's models and experiments
 
 def import_chapters() -> None:
     "Import every chapter module, so that all of the book's models and experiments are registered."

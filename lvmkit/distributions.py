@@ -44,7 +44,7 @@ class ConditionalNormal(nn.Module):
         self.net, self.min_scale, self.event_dims = net, min_scale, event_dims
 
     def forward(self, context: Tensor) -> Independent:
-        h = self.net(context)                    # (..., 2D) or (..., 2C, H, W)
+        h = self.net(context).float()            # (..., 2D) or (..., 2C, H, W); float32 even under bf16 autocast
         dim = -self.event_dims
         if h.dim() < self.event_dims or h.shape[dim] % 2:
             raise ValueError(f"ConditionalNormal's net must output an even number of features (mu and scale) on axis {dim}, "

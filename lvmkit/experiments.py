@@ -20,8 +20,8 @@ from .training import TrainConfig, first_tensor, fit, load_model
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['DATASETS', 'EXPERIMENTS', 'ALIASES', 'get_dataset', 'Experiment', 'register_experiment', 'get_experiment',
-           'image_grid', 'show_images', 'save_samples', 'run_experiment']
+__all__ = ['DATASETS', 'EXPERIMENTS', 'OBJECTIVES', 'ALIASES', 'get_dataset', 'Experiment', 'register_experiment',
+           'get_experiment', 'image_grid', 'show_images', 'save_samples', 'run_experiment']
 
 # %% ../nbs/09_experiments.ipynb #7c1ae8b4
 DATASETS: dict[str, Callable[..., Dataset]] = {
@@ -44,7 +44,8 @@ class Experiment:
     model: str                                  # registered model builder (lvmkit.core.MODELS)
     model_kwargs: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
-    objective: dict = field(default_factory=dict)   # keyword arguments of lvmkit.objectives.elbo_objective
+    objective: dict = field(default_factory=dict)   # keyword arguments of the loss (OBJECTIVES[loss]), e.g. of elbo_objective
+    loss: str = "elbo"                          # a key of OBJECTIVES: which loss_fn factory trains the model
     dataset: str = "binarized_mnist"
     train_split: str = "train"
     valid_split: str | None = "valid"           # None: no early stopping, evaluate the last (EMA) weights
@@ -65,6 +66,7 @@ class Experiment:
         return replace(self, name=self.name + "-quick", train=replace(self.train, **self.quick_train), eval_k=self.quick_k)
 
 EXPERIMENTS: dict[str, Experiment] = {}
+OBJECTIVES: dict[str, Callable[..., Callable]] = {"elbo": elbo_objective}   # loss_fn factories; chapters add theirs (e.g. "vq")
 ALIASES: dict[str, str] = {}       # short names for the command line, e.g. "vae" -> the Chapter-1 headline experiment
 
 def register_experiment(exp: Experiment, alias: str | None = None) -> Experiment:
@@ -129,7 +131,8 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
     if hasattr(model, "monitor"):   # a model's own diagnostics (e.g. active units), on a fixed batch, at every evaluation
         xm = torch.stack([first_tensor(b) for b in _subset(valid if valid is not None else train, exp.monitor_n)]).to(device)
         monitor = lambda m: m.monitor(xm)
-    res = fit(model, train, valid, exp.train, loss_fn=elbo_objective(**exp.objective), run_dir=run_dir,
+    if exp.loss not in OBJECTIVES: raise ValueError(f"unknown loss {exp.loss!r}; registered: {sorted(OBJECTIVES)}")
+    res = fit(model, train, valid, exp.train, loss_fn=OBJECTIVES[exp.loss](**exp.objective), run_dir=run_dir,
               resume=resume, device=device, progress=progress, max_time_s=max_time_s, monitor=monitor)
     summary: dict[str, Any] = dict(name=exp.name, finished=res.finished, steps=res.steps, run_dir=str(run_dir),
                                    train_wall_time_s=res.wall_time_s, train_examples_per_s=res.examples_per_s,
