@@ -56,6 +56,7 @@ class Experiment:
     quick_test_n: int = 1000                    # quick mode evaluates n test examples spread evenly over the split
     test_n: int | None = None                   # full mode: all of the test split, or n examples spread evenly over it
     eval_batch_size: int = 500                  # test images per importance-weighted batch (lower it for large decoders)
+    eval_max_elements: int = 2**25              # bound on (samples x images x pixels) per network pass in evaluation: lower it for wide conv nets
     sample_noise: bool = False                  # samples.png shows decoder means (False) or draws (True: autoregressive decoders)
     quick_k: tuple[int, ...] = (100,)
     monitor_n: int = 500                        # examples (validation split, else training) for a model's `monitor(x)` diagnostics
@@ -135,13 +136,14 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
     res = fit(model, train, valid, exp.train, loss_fn=OBJECTIVES[exp.loss](**exp.objective), run_dir=run_dir,
               resume=resume, device=device, progress=progress, max_time_s=max_time_s, monitor=monitor)
     summary: dict[str, Any] = dict(name=exp.name, finished=res.finished, steps=res.steps, run_dir=str(run_dir),
-                                   train_wall_time_s=res.wall_time_s, train_examples_per_s=res.examples_per_s,
+                                   train_wall_time_s=res.total_time_s, train_examples_per_s=res.total_examples_per_s,
                                    stopped_early=res.stopped_early, best_step=res.best_step)
     if not res.finished: return summary
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0: return summary  # rank 0 evaluates and writes
     ckpt = run_dir / ("best.pt" if valid is not None and (run_dir / "best.pt").exists() else "last.pt")
     model = load_model(ckpt).to(device)
-    evals = {k: evaluate(model, test, k=k, batch_size=exp.eval_batch_size, device=device, progress=progress) for k in exp.eval_k}
+    evals = {k: evaluate(model, test, k=k, batch_size=exp.eval_batch_size, device=device, progress=progress, max_elements=exp.eval_max_elements)
+             for k in exp.eval_k}
     head = evals[exp.eval_k[0]]
     save_samples(model, run_dir / "samples.png", noise=exp.sample_noise)
     summary.update(checkpoint=str(ckpt), test_elbo=head["elbo"], **{f"test_nll_iw{k}": r["nll"] for k, r in evals.items()},
@@ -153,7 +155,7 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
             protocol=exp.protocol + (f" (quick: {r['n']} evenly spread test examples)" if quick_mode
                                             else f" ({r['n']} evenly spread test examples)" if exp.test_n is not None else ""),
             split=exp.test_split, metric="nll_nats", value=r["nll"], k=k, test_elbo=r["elbo"], bpd=r["bpd"],
-            steps=res.steps, wall_time_s=res.wall_time_s, train_examples_per_s=res.examples_per_s,
+            steps=res.steps, wall_time_s=res.total_time_s, train_examples_per_s=res.total_examples_per_s,
             eval_time_s=r["seconds"], mode="quick" if quick_mode else "full", notes=exp.description,
             config=dict(model_kwargs=exp.model_kwargs, train=asdict(exp.train), objective=exp.objective,
                         checkpoint=ckpt.name, best_step=res.best_step), reference=exp.reference))

@@ -380,6 +380,8 @@ class TrainResult:
     wall_time_s: float               # time spent in training steps by this call
     examples_per_s: float            # global examples per second of training in this call
     skipped_steps: int               # non-finite steps skipped (on_nonfinite="skip")
+    total_time_s: float = 0.0        # time spent in training steps over all resumed pieces of the run
+    total_examples_per_s: float = 0.0  # global examples per second over all pieces
     history: list[dict] = field(default_factory=list, repr=False)  # the records of metrics.jsonl
     run_dir: Path | None = None
     model: nn.Module | None = field(default=None, repr=False)      # trained model in eval mode; the EMA model if ema_decay is set
@@ -406,6 +408,14 @@ def _read_history(path: Path, upto: int) -> list[dict]:
     records = [r for r in records if r["step"] <= upto]
     _atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records)), mode="w")
     return records
+
+def _logged_train_time(history: list[dict], batch_size: int) -> float:
+    "Training time recovered from the log windows (steps x batch / examples per second), for checkpoints that predate `train_time_s`."
+    total, prev = 0.0, 0
+    for r in sorted((r for r in history if "examples_per_s" in r), key=lambda r: r["step"]):
+        if r["examples_per_s"] > 0: total += (r["step"] - prev) * batch_size / r["examples_per_s"]
+        prev = r["step"]
+    return total
 
 def _default_device(world: int) -> torch.device:
     "The current GPU of this rank under DDP, else lvmkit.core.default_device()."
@@ -457,7 +467,7 @@ def fit(model: nn.Module,
     optimizer = make_optimizer(list(model.parameters()), config, device)
     scheduler = LambdaLR(optimizer, lambda s: lr_factor(config, s))
     module = LossModule(model, loss_fn)
-    state = {"step": 0, "best_valid": None, "best_step": None, "bad_evals": 0, "skipped_steps": 0}
+    state = {"step": 0, "best_valid": None, "best_step": None, "bad_evals": 0, "skipped_steps": 0, "train_time_s": 0.0}
     history: list[dict] = []
     ckpt = None
     if run_dir is not None and resume and (run_dir / "last.pt").exists():
@@ -468,6 +478,7 @@ def fit(model: nn.Module,
         rngs = ckpt["rng"]
         set_rng_state(rngs[rank]) if rank < len(rngs) else seed_everything(config.seed + rank + state["step"])
         if writer: history = _read_history(run_dir / "metrics.jsonl", state["step"])
+        if "train_time_s" not in ckpt["state"]: state["train_time_s"] = _logged_train_time(history, config.batch_size)  # older checkpoints
     else:
         seed_everything(config.seed + rank)
         if hasattr(model, "data_init"): model.data_init(next(batches.epoch(0))[0])  # a model's own data-dependent init, before DDP syncs rank 0's
@@ -532,7 +543,7 @@ def fit(model: nn.Module,
             scheduler.step()
             if ema is not None and not out.skipped: ema.update_parameters(model)
             dt = time.perf_counter() - t0
-            train_time += dt; steps_run += 1; stop = out.stop
+            train_time += dt; steps_run += 1; stop = out.stop; state["train_time_s"] += dt
             state["step"] += 1; state["skipped_steps"] += int(out.skipped)
             window.add(out, dt); bar.update(1)
             if state["step"] % config.log_every == 0:
@@ -551,4 +562,6 @@ def fit(model: nn.Module,
     stopped_early = config.patience is not None and state["bad_evals"] >= config.patience
     return TrainResult(steps=state["step"], finished=done(), stopped_early=stopped_early, best_step=state["best_step"], best_valid=state["best_valid"],
                        wall_time_s=train_time, examples_per_s=steps_run * config.batch_size / train_time if train_time else 0.0,
+                       total_time_s=state["train_time_s"],
+                       total_examples_per_s=state["step"] * config.batch_size / state["train_time_s"] if state["train_time_s"] else 0.0,
                        skipped_steps=state["skipped_steps"], history=history, run_dir=run_dir, model=eval_model.eval())

@@ -336,3 +336,19 @@ def test_amp_and_compile_match_eager():
     assert losses(amp) == pytest.approx(losses(eager), abs=2e-2) and losses(amp) != losses(eager)   # bf16 really used
     assert losses(compiled) == pytest.approx(losses(eager), abs=1e-5)
     for p, q in zip(compiled.model.parameters(), eager.model.parameters()): assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_total_training_time_survives_resume_and_old_checkpoints(tmp_path):
+    from lvmkit.training import _logged_train_time
+    hist = [{"step": 10, "examples_per_s": 100.0}, {"step": 10, "valid": 1.0}, {"step": 30, "examples_per_s": 50.0}]
+    assert _logged_train_time(hist, batch_size=5) == pytest.approx(10 * 5 / 100 + 20 * 5 / 50)
+    data = torch.randn(64, 4)
+    model = nn.Linear(4, 4)
+    loss = lambda m, x, step: (((m(x) - x) ** 2).mean(), {})
+    cfg = TrainConfig(steps=6, batch_size=16, eval_every=3, log_every=3)
+    a = fit(model, data, config=cfg, loss_fn=loss, run_dir=tmp_path, progress=False, stop_at_step=3)
+    b = fit(nn.Linear(4, 4), data, config=cfg, loss_fn=loss, run_dir=tmp_path, progress=False)
+    assert b.finished and b.total_time_s == pytest.approx(a.wall_time_s + b.wall_time_s)
+    assert b.total_examples_per_s == pytest.approx(6 * 16 / b.total_time_s)
+    c = fit(nn.Linear(4, 4), data, config=cfg, loss_fn=loss, run_dir=tmp_path, progress=False)   # nothing left to train
+    assert c.wall_time_s == 0 and c.total_time_s == pytest.approx(b.total_time_s)
