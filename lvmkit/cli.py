@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse, json, sys
 from pathlib import Path
 import torch
-from .core import MODELS, default_device
+from .core import MODELS, default_device, import_models
 from .experiments import ALIASES, EXPERIMENTS, get_dataset, get_experiment, run_experiment, _subset
 from .objectives import evaluate
 from .training import init_distributed, load_model
-from .core import import_chapters
-import_chapters()  # registers the models and experiments of every chapter
+import lvmkit.recipes  # registers the book's experiments (and, through them, nothing else: models are found by name)
 
 # %% auto #0
 __all__ = ['main']
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
         if a.command == "list":
-            out = {"experiments": {n: e.description for n, e in sorted(EXPERIMENTS.items())}, "aliases": ALIASES, "models": sorted(MODELS)}
+            out = {"experiments": {n: e.description for n, e in sorted(EXPERIMENTS.items())}, "aliases": ALIASES, "models": sorted(MODELS) if import_models() is not None else []}
         elif a.command == "train": out = _train(a)
         else: out = _eval(a)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:

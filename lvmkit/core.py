@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['MODELS', 'CHAPTER_MODULES', 'quick', 'default_device', 'seed_everything', 'describe_hardware', 'git_commit',
-           'register_model', 'import_chapters', 'build_model']
+__all__ = ['MODELS', 'MODEL_PACKAGES', 'quick', 'default_device', 'seed_everything', 'describe_hardware', 'git_commit',
+           'register_model', 'import_models', 'build_model']
 
 # %% ../nbs/00_core.ipynb #a3ff54d6
 def quick() -> bool:
@@ -65,18 +65,24 @@ def register_model(name: str) -> Callable:
         return fn
     return deco
 
-CHAPTER_MODULES = ("lvmkit.vae", "lvmkit.iaf", "lvmkit.vlae", "lvmkit.lvae", "lvmkit.vqvae")  # the modules that register the book's models and experiments
+MODEL_PACKAGES: list[str] = ["lvmkit.models"]   # packages searched for a model that is not registered yet; add your own
 
-def import_chapters() -> None:
-    "Import every chapter module, so that all of the book's models and experiments are registered."
-    import importlib
-    for m in CHAPTER_MODULES: importlib.import_module(m)
+def import_models() -> list[str]:
+    "Import every module of the packages in MODEL_PACKAGES (each registers its models); returns the module names."
+    import importlib, pkgutil
+    names = []
+    for pkg in MODEL_PACKAGES:
+        package = importlib.import_module(pkg)
+        for info in pkgutil.iter_modules(package.__path__, pkg + "."):
+            importlib.import_module(info.name); names.append(info.name)
+    return names
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     "Build the registered model `name` with `kwargs`; the result remembers both in `model.spec`."
-    if name not in MODELS: import_chapters()
+    if name not in MODELS: import_models()
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; registered models: {sorted(MODELS) or 'none (import the chapter module first)'}")
+        raise KeyError(f"unknown model {name!r}; registered models: {sorted(MODELS)} (a model of your own: import its module "
+                       "first, or add its package to lvmkit.core.MODEL_PACKAGES)")
     params = inspect.signature(MODELS[name]).parameters
     unknown = [k for k in kwargs if k not in params]
     if unknown:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, kl_divergence
 
 # %% auto #0
-__all__ = ['MLP', 'ConditionalNormal', 'ConditionalBernoulli', 'check_binary', 'StandardNormal']
+__all__ = ['MLP', 'ConditionalNormal', 'ConditionalBernoulli', 'check_binary', 'StandardNormal', 'rsample_and_log_prob']
 
 # %% ../nbs/02_distributions.ipynb #6f98eb96
 class MLP(nn.Sequential):
@@ -89,3 +89,13 @@ class StandardNormal(nn.Module):
 
     def forward(self) -> Independent:
         return Independent(Normal(self.loc, self.scale), self.loc.dim())
+
+# %% ../nbs/02_distributions.ipynb #d17dd32d
+def rsample_and_log_prob(d: Distribution, # any torch Distribution with rsample
+                         sample_shape: torch.Size | Sequence[int] = torch.Size(),
+                        ) -> tuple[Tensor, Tensor]:
+    "A reparameterised sample z and log d(z), in one pass when `d` has `rsample_and_log_prob` (flows), else rsample then log_prob."
+    both = getattr(d, "rsample_and_log_prob", None)
+    if callable(both): return both(sample_shape)
+    z = d.rsample(sample_shape)
+    return z, d.log_prob(z)

@@ -11,29 +11,11 @@ import torch
 from torch import nn, Tensor
 from torch.distributions import Independent, MultivariateNormal, Normal
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from .protocol import ELBOTerms, LatentVariableModule
 
 # %% auto #0
-__all__ = ['ELBOTerms', 'kl_warmup', 'free_bits_kl', 'elbo_loss', 'elbo_objective', 'iw_log_likelihood', 'bits_per_dim',
-           'LinearGaussian', 'evaluate']
-
-# %% ../nbs/03_objectives.ipynb #c7f83f15
-@dataclass
-class ELBOTerms:
-    "The pieces of a (one-sample) ELBO, each of shape (B,), or (S, B) with S latent samples per example."
-    log_px_z: Tensor                  # log p(x|z): the reconstruction term
-    kl: tuple[Tensor, ...]            # one KL term per stochastic layer
-    z: tuple[Tensor, ...] = ()        # the latents, one per stochastic layer
-    mc_kl: bool = True                # True: kl = log q(z|x) - log p(z) at the sampled z; False: analytic KL
-
-    @property
-    def kl_total(self) -> Tensor:
-        "Sum of the KL terms over the stochastic layers."
-        return sum(self.kl, torch.zeros_like(self.log_px_z))
-
-    @property
-    def elbo(self) -> Tensor:
-        "log p(x|z) - KL: the one-sample ELBO, or log importance weight when `mc_kl`."
-        return self.log_px_z - self.kl_total
+__all__ = ['kl_warmup', 'free_bits_kl', 'elbo_loss', 'elbo_objective', 'iw_log_likelihood', 'bits_per_dim', 'LinearGaussian',
+           'evaluate']
 
 # %% ../nbs/03_objectives.ipynb #7ff0639a
 def kl_warmup(step: int, warmup_steps: int, beta: float = 1.0) -> float:
@@ -69,20 +51,19 @@ def elbo_objective(beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 
 @torch.no_grad()
 def iw_log_likelihood(model: nn.Module, x: Tensor, k: int = 1000, chunk_size: int | None = None,
                       max_elements: int = 2**25) -> tuple[Tensor, Tensor]:
-    "Importance-weighted estimate of log p(x) with `k` samples, and the mean one-sample ELBO over them; each (B,)."
+    "Importance-weighted estimate of log p(x) from `k` of the model's `log_weights`, and their mean (the ELBO for a latent-variable model); each (B,)."
     if k < 1: raise ValueError(f"the number of importance samples k must be >= 1, got {k}")
+    if not callable(getattr(model, "log_weights", None)):
+        raise TypeError(f"{type(model).__name__} has no log_weights(x, k): every lvmkit model must (see lvmkit.protocol); "
+                        "a latent-variable model gets it by subclassing LatentVariableModule and writing elbo_terms")
     B, D = x.shape[0], x[0].numel()
     S = chunk_size or max(1, min(k, max_elements // max(1, B * D)))
     lse, elbo_sum, done = None, torch.zeros(B, dtype=torch.float64, device=x.device), 0
     while done < k:
         s = min(S, k - done)
-        terms = model.elbo_terms(x, n_samples=s)
-        if not terms.mc_kl:
-            raise ValueError("importance weighting needs Monte-Carlo KL terms (log q(z|x) - log p(z) at the sample); "
-                             "the model returned analytic KL terms")
-        log_w = terms.elbo.double()                                   # (s, B)
+        log_w = model.log_weights(x, s).double()                      # (s, B)
         if log_w.shape != (s, B):
-            raise ValueError(f"elbo_terms(x, n_samples={s}) must return terms of shape ({s}, {B}), got {tuple(log_w.shape)}")
+            raise ValueError(f"{type(model).__name__}.log_weights(x, {s}) must return shape ({s}, {B}), got {tuple(log_w.shape)}")
         chunk = torch.logsumexp(log_w, dim=0)
         lse = chunk if lse is None else torch.logaddexp(lse, chunk)
         elbo_sum += log_w.sum(0); done += s
@@ -94,7 +75,7 @@ def bits_per_dim(nll_nats: Tensor | float, dims: int) -> Tensor | float:
     return nll_nats / (dims * math.log(2))
 
 # %% ../nbs/03_objectives.ipynb #3578a006
-class LinearGaussian(nn.Module):
+class LinearGaussian(LatentVariableModule):
     "p(z)=N(0,I), p(x|z)=N(Wz+b, sigma^2 I), q(z|x)=N(Ax+c, diag(s^2)): a latent-variable model with exact log p(x)."
     def __init__(self, x_dim: int = 4, z_dim: int = 2, sigma: float = 0.5, seed: int = 0):
         super().__init__()
@@ -124,9 +105,6 @@ class LinearGaussian(nn.Module):
         kl = torch.distributions.kl_divergence(qz, pz).expand(z.shape[:-1]) if analytic_kl else qz.log_prob(z) - pz.log_prob(z)
         return ELBOTerms(self.decoder(z).log_prob(x), (kl,), (z,), mc_kl=not analytic_kl)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        "One-sample ELBO (B,)."
-        return self.elbo_terms(x).elbo
     def exact_log_prob(self, x: Tensor) -> Tensor:
         "log p(x) under the marginal N(b, W W^T + sigma^2 I), (B,)."
         cov = self.W @ self.W.T + self.log_sigma.exp() ** 2 * torch.eye(self.x_dim, device=self.W.device)

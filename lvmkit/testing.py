@@ -5,28 +5,44 @@
 # %% ../nbs/08_testing.ipynb #5cae8943
 from __future__ import annotations
 import math
+from typing import Callable
 import torch
 from torch import nn, Tensor
 from .objectives import iw_log_likelihood
+from .protocol import GenerativeModel, LatentVariableModel
 
 # %% auto #0
 __all__ = ['check_model']
 
 # %% ../nbs/08_testing.ipynb #c5a93e5c
-def check_model(model: nn.Module, x: Tensor, k: int = 64, n_mc: int = 256) -> None:
-    "Assert the lvmkit model protocol on a batch `x` (B, *x_shape); raises AssertionError naming the failure."
+def check_model(model: nn.Module, # any lvmkit model
+                x: Tensor, # a batch of valid input (B, *x_shape)
+                k: int = 64, # importance samples for the ELBO <= IW-k check
+                n_mc: int = 256, # samples for the Monte-Carlo vs analytic KL check
+                loss_fn: Callable[[nn.Module, Tensor], Tensor] | None = None, # the training loss that must reach every parameter; default -mean log_prob
+               ) -> None:
+    "Assert the lvmkit model protocol (lvmkit.protocol) on a batch `x` (B, *x_shape); raises AssertionError naming the failure."
     B = x.shape[0]
+    missing = [m for m in ("log_prob", "sample", "log_weights", "log_prob_exact") if not hasattr(model, m)]
+    assert isinstance(model, GenerativeModel), f"{type(model).__name__} lacks {missing} of the model protocol (lvmkit.protocol.GenerativeModel)"
     lp = model.log_prob(x)
     assert lp.shape == (B,), f"log_prob must return shape ({B},), got {tuple(lp.shape)}"
     assert torch.isfinite(lp).all(), "log_prob returned non-finite values"
     model.zero_grad(set_to_none=True)
-    (-lp.mean()).backward()
+    (-lp.mean() if loss_fn is None else loss_fn(model, x)).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
-    assert not missing, f"these parameters got no (finite) gradient from log_prob: {missing}"
+    assert not missing, f"these parameters got no (finite) gradient from {'log_prob' if loss_fn is None else 'the loss'}: {missing}"
     model.zero_grad(set_to_none=True)
     s = model.sample(3)
     assert tuple(s.shape) == (3, *x.shape[1:]), f"sample(3) must return shape {(3, *x.shape[1:])}, got {tuple(s.shape)}"
-    if not hasattr(model, "elbo_terms"): return
+    with torch.no_grad():
+        w = model.log_weights(x, 4)
+        assert w.shape == (4, B), f"log_weights(x, 4) must return shape (4, {B}), got {tuple(w.shape)}"
+        assert torch.isfinite(w).all(), "log_weights returned non-finite values"
+        if model.log_prob_exact:
+            assert torch.allclose(w, model.log_prob(x).expand(4, -1), rtol=1e-5, atol=1e-4), \
+                "log_prob_exact is True but the importance weights differ from log_prob"
+    if not isinstance(model, LatentVariableModel): return
     with torch.no_grad():
         t = model.elbo_terms(x)
         assert t.log_px_z.shape == (B,) and all(kl.shape == (B,) for kl in t.kl), "elbo_terms(x) must give (B,) terms"

@@ -5,10 +5,11 @@ from torch import nn
 from lvmkit.core import build_model
 from lvmkit.experiments import get_experiment
 from lvmkit.flows import InverseFlowDistribution
-from lvmkit.iaf import iaf_vae, log_joint_grid, SEED_IAF, IAF_MLP
+from lvmkit.models.iaf import iaf_vae, log_joint_grid
+from lvmkit.recipes import SEED_IAF, IAF_MLP
 from lvmkit.objectives import LinearGaussian, iw_log_likelihood
 from lvmkit.testing import check_model
-from lvmkit.vae import VAE, mlp_vae
+from lvmkit.models.vae import VAE, mlp_vae
 
 def _x(n=8, shape=(1, 6, 6)): return (torch.rand(n, *shape) < 0.4).float()
 
@@ -42,7 +43,7 @@ def test_registered_experiments_build():
     assert SEED_IAF.train.steps == get_experiment("vae-seed-meanfield").train.steps, "equal budget with the mean-field seed run"
 
 def test_build_model_imports_chapters():
-    "A fresh process can rebuild a Chapter-2 model (for example from a checkpoint) without importing lvmkit.iaf itself."
+    "A fresh process can rebuild a Chapter-2 model (for example from a checkpoint) without importing lvmkit.models.iaf itself."
     code = "from lvmkit.core import build_model; m = build_model('iaf_vae', z_dim=3, hidden=(8,)); print(type(m.encoder).__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "ConditionalIAF"

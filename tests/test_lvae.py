@@ -10,8 +10,9 @@ from lvmkit.experiments import EXPERIMENTS, get_experiment, run_experiment
 from lvmkit.objectives import elbo_loss, iw_log_likelihood
 from lvmkit.testing import check_model
 from lvmkit.training import TrainConfig, fit
-from lvmkit.lvae import (LadderVAE, ResBlock, Merge, precision_weighted, data_dependent_init, active_units, layer_grid,
-                         measure_training, peak_rss_mb, LVAE_MNIST, LVAE_MNIST_CPU, LVAE_CIFAR10, LVAE_CIFAR10_CPU)
+from lvmkit.models.lvae import (LadderVAE, ResBlock, Merge, precision_weighted, data_dependent_init, active_units, layer_grid,
+                                measure_training, peak_rss_mb)
+from lvmkit.recipes import LVAE_MNIST, LVAE_MNIST_CPU, LVAE_CIFAR10, LVAE_CIFAR10_CPU
 
 TINY = dict(z_channels=(4, 4, 4), downsample=(1, 0, 1), channels=8, blocks=1)
 

@@ -6,8 +6,8 @@ from lvmkit.distributions import MLP, ConditionalNormal, ConditionalBernoulli, S
 from lvmkit.objectives import elbo_objective, iw_log_likelihood
 from lvmkit.testing import check_model
 from lvmkit.training import TrainConfig, fit, load_model
-import lvmkit.vae  # registers mlp_vae, gaussian_vae and the experiments
-from lvmkit.vae import VAE
+import lvmkit.models.vae  # registers mlp_vae, gaussian_vae and the experiments
+from lvmkit.models.vae import VAE
 
 
 def binary_batch(n=16, seed=0):

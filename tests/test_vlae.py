@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from lvmkit.core import build_model
 from lvmkit.objectives import iw_log_likelihood
 from lvmkit.testing import check_model
-from lvmkit.vlae import (MaskedConv2d, PixelCNNBernoulli, ConditionalPixelCNN, receptive_field, check_causal,
+from lvmkit.models.vlae import (MaskedConv2d, PixelCNNBernoulli, ConditionalPixelCNN, receptive_field, check_causal,
                        Batched, conv_vae, binary_pixelcnn_vae)
 
 
@@ -312,7 +312,8 @@ def test_conv_vae_grey_and_sizes():
 
 from lvmkit.distributions import StandardNormal
 from lvmkit.flows import FlowDistribution, InverseFlowDistribution
-from lvmkit.vlae import mlp_vlae, VLAE_MLP, VLAE_CIFAR10, LOSSY
+from lvmkit.models.vlae import mlp_vlae
+from lvmkit.recipes import VLAE_MLP, VLAE_CIFAR10, LOSSY
 
 
 def test_mlp_vlae_contract_and_prior():

@@ -8,8 +8,9 @@ from lvmkit.core import build_model
 from lvmkit.experiments import EXPERIMENTS, OBJECTIVES, get_experiment
 from lvmkit.objectives import evaluate, iw_log_likelihood
 from lvmkit.training import TrainConfig, fit
-from lvmkit.vqvae import (VectorQuantizer, VQVAE, PixelCNNPrior, GatedPixelCNNPrior, GatedLayer, code_receptive_field, check_code_prior,
-                          vq_objective, VQVAE_CIFAR10, VQVAE_CIFAR10_CPU, GPU_PRIORS, CPU_PRIORS)
+from lvmkit.models.vqvae import (VectorQuantizer, VQVAE, PixelCNNPrior, GatedPixelCNNPrior, GatedLayer, code_receptive_field, check_code_prior,
+                                 vq_objective)
+from lvmkit.recipes import VQVAE_CIFAR10, VQVAE_CIFAR10_CPU, GPU_PRIORS, CPU_PRIORS
 
 SMALL = dict(channels=16, dim=8, n_codes=16, n_mix=2)
 PRIOR = dict(n_codes=16, grid=(6, 6), embed=8, channels=16, kernel=5, hidden=32)
