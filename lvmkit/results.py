@@ -4,13 +4,14 @@
 
 # %% ../nbs/07_results.ipynb #9b0c21d7
 from __future__ import annotations
-import json, math, os, re, tempfile, types, typing
+import json, math, re, types, typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 import torch
 from . import __version__
+from .checkpoint import atomic_write
 from .core import describe_hardware, git_commit, quick
 
 # %% auto #0
@@ -88,16 +89,8 @@ ResultRecord.from_run = classmethod(_from_run)
 def save_result(record: ResultRecord, results_dir: str | Path = "book/results") -> Path:
     "Write `record` to `results_dir/<name>.json` atomically and return the path."
     if not isinstance(record, ResultRecord): raise TypeError(f"save_result needs a ResultRecord, got {type(record).__name__}")
-    out = Path(results_dir); out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{record.name}.json"
     text = json.dumps(asdict(record), sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{record.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f: f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
+    return atomic_write(Path(results_dir) / f"{record.name}.json", text)
 
 # %% ../nbs/07_results.ipynb #1bdd0599
 def load_result(path: str | Path) -> ResultRecord:
@@ -188,6 +181,5 @@ def write_results_page(results_dir: str | Path = "book/results", out: str | Path
     text = results_markdown(load_results(results_dir, missing_ok=True))
     out = Path(out)
     if out.exists() and out.read_text(encoding="utf-8") == text: return False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    atomic_write(out, text)
     return True

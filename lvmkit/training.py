@@ -4,11 +4,10 @@
 
 # %% ../nbs/04_training.ipynb #50aba7f7
 from __future__ import annotations
-import inspect, json, math, os, random, time
+import inspect, json, math, os, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -18,18 +17,22 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 from . import __version__
-from .core import build_model, default_device, describe_hardware, git_commit, seed_everything, MODELS
+from .core import default_device, describe_hardware, git_commit, seed_everything
+from lvmkit.checkpoint import (
+    RESUMABLE_FIELDS, atomic_write, check_compatible, check_resumable, ema_weights, load_checkpoint, load_model, rng_state, save_checkpoint,
+    set_rng_state)
+_all_ = ["RESUMABLE_FIELDS", "save_checkpoint", "load_checkpoint", "check_compatible", "ema_weights", "load_model", "rng_state",
+         "set_rng_state", "check_resumable"]   # lvmkit.checkpoint's names, re-exported: `from lvmkit.training import load_model` keeps working
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'LR_SCHEDULES', 'RESUMABLE_FIELDS', 'TrainConfig', 'lr_factor', 'make_optimizer', 'as_dataset',
-           'first_tensor', 'EpochBatches', 'nll_loss', 'log_prob_score', 'LossModule', 'StepOutput', 'train_step',
-           'evaluate_mean', 'save_checkpoint', 'load_checkpoint', 'check_compatible', 'ema_weights', 'load_model',
-           'rng_state', 'set_rng_state', 'check_resumable', 'init_distributed', 'TrainResult', 'fit']
+__all__ = ['OPTIMIZERS', 'LR_SCHEDULES', 'TrainConfig', 'lr_factor', 'make_optimizer', 'as_dataset', 'first_tensor',
+           'EpochBatches', 'nll_loss', 'log_prob_score', 'LossModule', 'StepOutput', 'train_step', 'evaluate_mean',
+           'init_distributed', 'TrainResult', 'fit', 'RESUMABLE_FIELDS', 'save_checkpoint', 'load_checkpoint',
+           'check_compatible', 'ema_weights', 'load_model', 'rng_state', 'set_rng_state', 'check_resumable']
 
 # %% ../nbs/04_training.ipynb #c34929a1
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax, "rmsprop": torch.optim.RMSprop}
 LR_SCHEDULES = ("constant", "cosine", "exponential")
-RESUMABLE_FIELDS = ("steps", "patience", "eval_every", "log_every")  # may change when a run is resumed
 
 def _is_int(v: Any) -> bool: return isinstance(v, int) and not isinstance(v, bool)
 def _is_num(v: Any) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -157,6 +160,13 @@ class EpochBatches:
                 bad = self.bad_rows is not None and bool(self.bad_rows[idx[i:i + bs]].any())
                 yield self.x[on_x[i:i + bs]].to(self.device, non_blocking=True), bad              # (B, ...)
 
+    def from_step(self, step: int) -> Iterator[tuple[Tensor, bool]]:
+        "Yield (x, has_nonfinite) for the batches of global step `step` on, epoch after epoch, without end."
+        epoch, skip = divmod(step, self.per_epoch)
+        while True:
+            yield from self.epoch(epoch, skip)
+            epoch, skip = epoch + 1, 0
+
 # %% ../nbs/04_training.ipynb #d4f5d867
 def nll_loss(model: nn.Module, x: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
     "The default loss: minus log p(x), averaged over the batch."
@@ -252,109 +262,6 @@ def evaluate_mean(model: nn.Module, data: Dataset | Tensor, valid_fn: Callable =
     if world > 1: dist.all_reduce(total)
     return (total[0] / total[1]).item()
 
-# %% ../nbs/04_training.ipynb #b2fa56d2
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    "Write `path` through a temporary file in the same folder, fsync it, and rename it into place."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, mode) as f:
-            write(f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
-    try:                                                   # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass
-    return path
-
-def save_checkpoint(path: str | Path, **state: Any) -> Path:
-    "Save `state` (and the lvmkit version) to `path` atomically."
-    return _atomic_write(Path(path), lambda f: torch.save({"lvmkit_version": __version__, **state}, f))
-
-def load_checkpoint(path: str | Path) -> dict:
-    "Load a checkpoint written by `save_checkpoint` (on the CPU), with clear errors for a missing or foreign file."
-    path = Path(path)
-    if path.is_dir(): raise IsADirectoryError(f"{path} is a folder; pass {path / 'last.pt'} or {path / 'best.pt'}")
-    if not path.is_file(): raise FileNotFoundError(f"no checkpoint at {path}")
-    try: ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise ValueError(f"{path} is not an lvmkit checkpoint: torch.load failed ({type(e).__name__}: {str(e)[:200]})") from e
-    if not isinstance(ckpt, dict) or "lvmkit_version" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path} is not an lvmkit checkpoint (it lacks 'lvmkit_version'/'model'); write checkpoints with save_checkpoint or fit")
-    return ckpt
-
-# %% ../nbs/04_training.ipynb #21e9fcac
-def _full_kwargs(spec: dict) -> dict:
-    "The builder arguments of `spec` with the builder's defaults filled in (when the builder is registered)."
-    kwargs = dict(spec.get("kwargs") or {})
-    if spec.get("name") in MODELS:
-        try:
-            bound = inspect.signature(MODELS[spec["name"]]).bind(**kwargs); bound.apply_defaults(); kwargs = dict(bound.arguments)
-        except TypeError: pass
-    return kwargs
-
-def _first(items: list[str], n: int = 8) -> str: return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
-
-def check_compatible(model: nn.Module, ckpt: dict) -> None:
-    "Raise a ValueError naming the difference when `ckpt` does not hold weights for `model`."
-    spec, saved = getattr(model, "spec", None), ckpt.get("spec")
-    if spec and saved:
-        if spec["name"] != saved["name"]:
-            raise ValueError(f"the checkpoint holds a {saved['name']!r} model, not a {spec['name']!r} model")
-        a, b = _full_kwargs(saved), _full_kwargs(spec)
-        diff = [f"{k}={a.get(k, '<unset>')!r} (checkpoint) vs {b.get(k, '<unset>')!r} (model)" for k in sorted(set(a) | set(b)) if a.get(k, ...) != b.get(k, ...)]
-        if diff: raise ValueError(f"the checkpoint's {saved['name']!r} model was built with other arguments: {_first(diff)}")
-    own, theirs = model.state_dict(), ckpt["model"]
-    problems = []
-    if missing := [k for k in own if k not in theirs]: problems.append(f"missing keys [{_first(missing)}]")
-    if unexpected := [k for k in theirs if k not in own]: problems.append(f"unexpected keys [{_first(unexpected)}]")
-    if shapes := [f"{k}: {tuple(theirs[k].shape)} (checkpoint) vs {tuple(v.shape)} (model)" for k, v in own.items()
-                  if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)]:
-        problems.append(f"shape mismatches [{_first(shapes)}]")
-    if problems: raise ValueError(f"the checkpoint does not fit this {type(model).__name__}: " + "; ".join(problems))
-
-def ema_weights(ckpt: dict) -> dict[str, Tensor] | None:
-    "The EMA model's state_dict stored in `ckpt`, or None if the run kept no EMA."
-    ema = ckpt.get("ema")
-    return None if ema is None else {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
-
-def load_model(path: str | Path, use_ema: bool = True, device: torch.device | str = "cpu") -> nn.Module:
-    "Rebuild the model of checkpoint `path` from its spec and load its (EMA) weights; returned in eval mode."
-    ckpt = load_checkpoint(path)
-    if not ckpt.get("spec"):
-        raise ValueError(f"{path} has no model spec (the model was not made by lvmkit.core.build_model); "
-                         "build the model yourself, then check_compatible(model, ckpt) and model.load_state_dict(ckpt['model'])")
-    model = build_model(ckpt["spec"]["name"], **ckpt["spec"]["kwargs"])
-    weights = (use_ema and ema_weights(ckpt)) or ckpt["model"]
-    check_compatible(model, {**ckpt, "model": weights})
-    model.load_state_dict(weights)
-    return model.to(device).eval()
-
-# %% ../nbs/04_training.ipynb #c48a6017
-def rng_state() -> dict:
-    "The state of Python's, NumPy's and torch's (CPU and CUDA) random number generators, as plain values and tensors."
-    s = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [s[0], s[1].tolist(), int(s[2]), int(s[3]), float(s[4])],
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}  # this process's GPU
-
-def set_rng_state(state: dict) -> None:
-    "Restore the generators from `rng_state()`."
-    random.setstate(state["python"])
-    s = state["numpy"]; np.random.set_state((s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(state["cuda"])
-
-# %% ../nbs/04_training.ipynb #f751e2c6
-def check_resumable(config: TrainConfig, ckpt: dict, path: str | Path = "the checkpoint") -> None:
-    "Raise a ValueError if `config` differs from the checkpoint's TrainConfig in a field that may not change on resume."
-    saved, now = ckpt.get("config") or {}, asdict(config)
-    diff = [f"{k}={saved.get(k, '<unset>')!r} (checkpoint) vs {v!r} (now)" for k, v in now.items() if k not in RESUMABLE_FIELDS and saved.get(k, ...) != v]
-    if diff:
-        raise ValueError(f"cannot resume from {path}: its TrainConfig differs in {'; '.join(diff)}. Only {', '.join(RESUMABLE_FIELDS)} may change "
-                         "on resume; use another run_dir, or resume=False to start over")
-
 # %% ../nbs/04_training.ipynb #892910aa
 def init_distributed() -> tuple[int, int]:
     "Join the process group torchrun describes in the environment; (rank, world_size), or (0, 1) outside torchrun."
@@ -368,7 +275,244 @@ def init_distributed() -> tuple[int, int]:
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
+# %% ../nbs/04_training.ipynb #d4485471
+def _default_device(world: int) -> torch.device:
+    "The current GPU of this rank under DDP, else lvmkit.core.default_device()."
+    if world > 1 and torch.cuda.is_available(): return torch.device("cuda", torch.cuda.current_device())
+    return default_device()
+
+def _gather(obj: Any, world: int) -> list:
+    "`obj` from every rank (a list of one without DDP)."
+    if world == 1: return [obj]
+    out = [None] * world; dist.all_gather_object(out, obj); return out
+
+def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    "True if `flag` is True on some rank."
+    if world == 1: return flag
+    t = torch.tensor([float(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX); return bool(t.item())
+
+def _ddp(module: nn.Module, world: int, device: torch.device) -> nn.Module:
+    "`module` wrapped in DistributedDataParallel under DDP (which copies rank 0's weights to every rank), else `module` itself."
+    if world == 1: return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+# %% ../nbs/04_training.ipynb #33a759dc
+@dataclass
+class _RunState:
+    "Where a run stands: the `state` of its checkpoints."
+    step: int = 0                    # optimisation steps done, over all resumed pieces
+    best_valid: float | None = None  # best validation score so far
+    best_step: int | None = None     # the step that reached it
+    bad_evals: int = 0               # evaluations since the last improvement (early stopping)
+    skipped_steps: int = 0           # non-finite steps skipped (on_nonfinite="skip")
+    train_time_s: float = 0.0        # time in training steps, over all resumed pieces
+
 # %% ../nbs/04_training.ipynb #a5e41c8a
+class _Window:
+    "Running sums of the steps since the last log line."
+    def __init__(self): self.n = self.ok = 0; self.time = self.loss = self.gnorm = self.lr = 0.0; self.metrics = {}
+    def add(self, out: StepOutput, dt: float, lr: float):
+        self.n += 1; self.time += dt; self.lr = lr
+        if out.skipped: return
+        self.ok += 1; self.loss += out.loss; self.gnorm += out.grad_norm
+        for k, v in out.metrics.items(): self.metrics[k] = self.metrics.get(k, 0.0) + v
+    def record(self, step: int, epoch: int, batch_size: int, skipped: int) -> dict:
+        ok = max(self.ok, 1)
+        return {"step": step, "epoch": epoch, "loss": self.loss / ok if self.ok else float("nan"), "grad_norm": self.gnorm / ok, "lr": self.lr,
+                "examples_per_s": self.n * batch_size / max(self.time, 1e-9), "skipped_steps": skipped,
+                **{k: float(v) / ok for k, v in self.metrics.items()}}
+
+# %% ../nbs/04_training.ipynb #c69e6a03
+@dataclass(eq=False)
+class _Run:
+    "One call of `fit`: what it trains, with what, where it writes, and how far it got."
+    config: TrainConfig
+    model: nn.Module
+    module: nn.Module                  # what a step calls: LossModule(model, loss_fn), wrapped by DDP and torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    batches: EpochBatches              # this rank's share of each global batch
+    device: torch.device
+    amp: bool                          # bf16 autocast
+    valid_data: Dataset | Tensor | None = None
+    valid_fn: Callable = log_prob_score
+    monitor: Callable | None = None
+    run_dir: Path | None = None
+    rank: int = 0
+    world: int = 1
+    ema: AveragedModel | None = None
+    state: _RunState = field(default_factory=_RunState)
+    history: list[dict] = field(default_factory=list)   # the records of metrics.jsonl
+    window: _Window = field(default_factory=_Window)
+    wall_time_s: float = 0.0           # time in training steps in this call
+    steps_run: int = 0                 # steps taken in this call
+    saved_at: int = 0                  # step of the last.pt on disk
+    evaluated_at: int | None = None    # step of the last validation
+
+    @property
+    def writer(self) -> bool: return self.run_dir is not None and self.rank == 0     # only rank 0 writes files
+    @property
+    def eval_model(self) -> nn.Module: return self.ema.module if self.ema is not None else self.model
+    @property
+    def stopped_early(self) -> bool: return self.config.patience is not None and self.state.bad_evals >= self.config.patience
+    def done(self) -> bool: return self.state.step >= self.config.steps or self.stopped_early
+
+    def log(self, record: dict) -> None:
+        "Add `record` to the history and (rank 0) append it to metrics.jsonl."
+        self.history.append(record)
+        if self.writer:
+            with open(self.run_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
+
+# %% ../nbs/04_training.ipynb #8d3b3b3f
+def _new_run(model: nn.Module, train_data: Dataset | Tensor, valid_data: Dataset | Tensor | None, config: TrainConfig,
+             loss_fn: Callable | None, valid_fn: Callable | None, monitor: Callable | None, run_dir: str | Path | None,
+             device: torch.device | str | None) -> _Run:
+    "Check the arguments of `fit` and build a run on this process: device, batches, optimizer, schedule and loss module."
+    if not isinstance(config, TrainConfig): raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module): raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if loss_fn is None and not hasattr(model, "log_prob"): raise TypeError(f"{type(model).__name__} has no log_prob; pass loss_fn=")
+    if valid_data is not None and valid_fn is None and not hasattr(model, "log_prob"): raise TypeError(f"{type(model).__name__} has no log_prob; pass valid_fn=")
+    rank, world = _world()
+    if config.batch_size % world: raise ValueError(f"TrainConfig.batch_size={config.batch_size} must be divisible by the number of processes ({world})")
+    device = torch.device(device) if device is not None else _default_device(world)
+    model.to(device)
+    batches = EpochBatches(train_data, config.batch_size // world, config.seed, rank, world, device)
+    optimizer = make_optimizer(list(model.parameters()), config, device)
+    return _Run(config, model, LossModule(model, loss_fn or nll_loss), optimizer, LambdaLR(optimizer, lambda s: lr_factor(config, s)), batches,
+                device, amp=config.amp if config.amp is not None else device.type == "cuda", valid_data=valid_data,
+                valid_fn=valid_fn or log_prob_score, monitor=monitor, run_dir=Path(run_dir) if run_dir is not None else None, rank=rank, world=world)
+
+# %% ../nbs/04_training.ipynb #0c429c9a
+def _start_run(run: _Run) -> None:
+    "Start afresh: seed this rank, run the model's `data_init` on the first batch, and (rank 0) start the run folder."
+    seed_everything(run.config.seed + run.rank)
+    if hasattr(run.model, "data_init"): run.model.data_init(next(run.batches.epoch(0))[0])  # before DDP copies rank 0's weights to every rank
+    if not run.writer: return
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("last.pt", "best.pt"): (run.run_dir / name).unlink(missing_ok=True)
+    info = {"config": asdict(run.config), "model": getattr(run.model, "spec", None), "lvmkit_version": __version__, "torch_version": torch.__version__,
+            "world_size": run.world, "device": str(run.device), "hardware": describe_hardware(run.device), "git_commit": git_commit()}
+    atomic_write(run.run_dir / "config.json", json.dumps(info, indent=1, default=str) + "\n")
+    atomic_write(run.run_dir / "metrics.jsonl", "")
+
+# %% ../nbs/04_training.ipynb #9b814953
+def _read_history(path: Path, upto: int) -> list[dict]:
+    "The records of metrics.jsonl up to step `upto`; the file is rewritten without later lines (written after the last checkpoint)."
+    if not path.exists(): return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r["step"] <= upto]
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+def _logged_train_time(history: list[dict], batch_size: int) -> float:
+    "Training time recovered from the log windows (steps x batch / examples per second), for checkpoints that predate `train_time_s`."
+    total, prev = 0.0, 0
+    for r in sorted((r for r in history if "examples_per_s" in r), key=lambda r: r["step"]):
+        if r["examples_per_s"] > 0: total += (r["step"] - prev) * batch_size / r["examples_per_s"]
+        prev = r["step"]
+    return total
+
+def _resume_run(run: _Run, ckpt: dict) -> None:
+    "Continue from `ckpt` (run_dir/last.pt): weights, optimizer, schedule, run state, random state and log."
+    check_resumable(run.config, ckpt, run.run_dir / "last.pt"); check_compatible(run.model, ckpt)
+    run.model.load_state_dict(ckpt["model"]); run.optimizer.load_state_dict(ckpt["optimizer"]); run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.state = _RunState(**ckpt["state"])
+    run.saved_at = run.state.step
+    rngs = ckpt["rng"]                                                   # one per rank of the run that wrote it
+    set_rng_state(rngs[run.rank]) if run.rank < len(rngs) else seed_everything(run.config.seed + run.rank + run.state.step)
+    if run.writer: run.history = _read_history(run.run_dir / "metrics.jsonl", run.state.step)
+    if "train_time_s" not in ckpt["state"]: run.state.train_time_s = _logged_train_time(run.history, run.config.batch_size)  # older checkpoints
+
+# %% ../nbs/04_training.ipynb #6cfff293
+def _make_ema(model: nn.Module, decay: float | None, saved: dict | None = None) -> AveragedModel | None:
+    "An exponential moving average of `model`'s weights (and buffers), restored from `saved` if given; None without `decay`."
+    if not decay: return None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if saved is not None: ema.load_state_dict(saved)
+    return ema
+
+# %% ../nbs/04_training.ipynb #4ac89a2b
+def _save(run: _Run, name: str) -> None:
+    "Write run_dir/`name` (rank 0): everything `_resume_run` restores, with the random state of every rank."
+    if name == "last.pt": run.saved_at = run.state.step
+    if run.run_dir is None: return
+    rng = _gather(rng_state(), run.world)                                # a collective: every rank calls _save
+    if not run.writer: return
+    save_checkpoint(run.run_dir / name, model=run.model.state_dict(), spec=getattr(run.model, "spec", None), optimizer=run.optimizer.state_dict(),
+                    scheduler=run.scheduler.state_dict(), ema=run.ema.state_dict() if run.ema is not None else None, rng=rng,
+                    state=asdict(run.state), config=asdict(run.config), world_size=run.world)
+
+# %% ../nbs/04_training.ipynb #be3508d3
+def _validate(run: _Run) -> float:
+    "Score the validation set, count evaluations without improvement, log the score, and keep the best model in best.pt."
+    score = evaluate_mean(run.eval_model, run.valid_data, run.valid_fn, run.config.batch_size // run.world, run.device, seed=run.config.seed)
+    s = run.state
+    improved = s.best_valid is None or score > s.best_valid
+    if improved: s.best_valid, s.best_step, s.bad_evals = score, s.step, 0
+    else: s.bad_evals += 1
+    run.log({"step": s.step, "valid": score, "best": s.best_valid, "best_step": s.best_step})
+    if improved: _save(run, "best.pt")
+    run.evaluated_at = s.step
+    return score
+
+def _diagnose(run: _Run) -> None:
+    "Log `monitor(eval_model)`, computed in eval mode without gradients."
+    m = run.eval_model
+    was = m.training; m.eval()
+    try:
+        with torch.no_grad(): values = {k: float(v) for k, v in run.monitor(m).items()}
+    finally: m.train(was)
+    run.log({"step": run.state.step, "monitor": values})
+
+def _evaluate(run: _Run) -> None:
+    "What happens every `eval_every` steps: validate, diagnose, write last.pt."
+    if run.valid_data is not None: _validate(run)
+    if run.monitor is not None: _diagnose(run)
+    _save(run, "last.pt")
+
+# %% ../nbs/04_training.ipynb #0447408e
+def _take_step(run: _Run, x: Tensor, stop: bool = False) -> StepOutput:
+    "One step of the run: `train_step`, then the schedule, the EMA, the counters and the log window."
+    lr = run.optimizer.param_groups[0]["lr"]
+    t0 = time.perf_counter()
+    out = train_step(run.module, run.optimizer, x, run.state.step, run.config.grad_clip, run.amp, run.config.on_nonfinite, stop=stop)
+    run.scheduler.step()
+    if run.ema is not None and not out.skipped: run.ema.update_parameters(run.model)
+    dt = time.perf_counter() - t0
+    run.wall_time_s += dt; run.steps_run += 1
+    run.state.step += 1; run.state.skipped_steps += int(out.skipped); run.state.train_time_s += dt
+    run.window.add(out, dt, lr)
+    return out
+
+def _log_window(run: _Run) -> dict:
+    "Log the means of the steps since the last log line, and start a new window."
+    rec = run.window.record(run.state.step, (run.state.step - 1) // run.batches.per_epoch, run.config.batch_size, run.state.skipped_steps)
+    run.window = _Window(); run.log(rec)
+    return rec
+
+# %% ../nbs/04_training.ipynb #dcd1f0d2
+def _train(run: _Run, end: int, deadline: float | None, bar: tqdm) -> None:
+    "Take steps until the run is done, reaches step `end`, or some rank passes `deadline`; log and evaluate on the way."
+    batches, stop = run.batches.from_step(run.state.step), False
+    while not (run.done() or run.state.step >= end or stop):
+        x, bad = next(batches)
+        if _any_rank(bad, run.world, run.device):
+            raise ValueError(f"batch at step {run.state.step} contains NaN/Inf; clean the data (lvmkit.data checks it)")
+        stop = _take_step(run, x, stop=deadline is not None and time.monotonic() > deadline).stop
+        bar.update(1)
+        if run.state.step % run.config.log_every == 0:
+            rec = _log_window(run); bar.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}", refresh=False)
+        if run.state.step % run.config.eval_every == 0: _evaluate(run)
+
+def _finish(run: _Run) -> None:
+    "Close the run: a finished run logs its last partial window and validates its final weights; last.pt is brought up to date."
+    if run.done() and run.steps_run:
+        if run.window.n: _log_window(run)
+        if run.valid_data is not None and run.evaluated_at != run.state.step: _validate(run)
+    if run.saved_at != run.state.step: _save(run, "last.pt")
+
+# %% ../nbs/04_training.ipynb #5b1f3c2e
 @dataclass
 class TrainResult:
     "What `fit` returns: where the run stands, its best validation score, its log and the trained model."
@@ -386,52 +530,13 @@ class TrainResult:
     run_dir: Path | None = None
     model: nn.Module | None = field(default=None, repr=False)      # trained model in eval mode; the EMA model if ema_decay is set
 
-class _Window:
-    "Running sums of the steps since the last log line."
-    def __init__(self): self.n = self.ok = 0; self.time = self.loss = self.gnorm = 0.0; self.metrics = {}
-    def add(self, out: StepOutput, dt: float):
-        self.n += 1; self.time += dt
-        if out.skipped: return
-        self.ok += 1; self.loss += out.loss; self.gnorm += out.grad_norm
-        for k, v in out.metrics.items(): self.metrics[k] = self.metrics.get(k, 0.0) + v
-    def record(self, step: int, epoch: int, lr: float, batch_size: int, skipped: int) -> dict:
-        ok = max(self.ok, 1)
-        return {"step": step, "epoch": epoch, "loss": self.loss / ok if self.ok else float("nan"), "grad_norm": self.gnorm / ok, "lr": lr,
-                "examples_per_s": self.n * batch_size / max(self.time, 1e-9), "skipped_steps": skipped,
-                **{k: float(v) / ok for k, v in self.metrics.items()}}
-
-# %% ../nbs/04_training.ipynb #d4485471
-def _read_history(path: Path, upto: int) -> list[dict]:
-    "The records of metrics.jsonl up to step `upto`; the file is rewritten without later lines (written after the last checkpoint)."
-    if not path.exists(): return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    records = [r for r in records if r["step"] <= upto]
-    _atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records)), mode="w")
-    return records
-
-def _logged_train_time(history: list[dict], batch_size: int) -> float:
-    "Training time recovered from the log windows (steps x batch / examples per second), for checkpoints that predate `train_time_s`."
-    total, prev = 0.0, 0
-    for r in sorted((r for r in history if "examples_per_s" in r), key=lambda r: r["step"]):
-        if r["examples_per_s"] > 0: total += (r["step"] - prev) * batch_size / r["examples_per_s"]
-        prev = r["step"]
-    return total
-
-def _default_device(world: int) -> torch.device:
-    "The current GPU of this rank under DDP, else lvmkit.core.default_device()."
-    if world > 1 and torch.cuda.is_available(): return torch.device("cuda", torch.cuda.current_device())
-    return default_device()
-
-def _gather(obj: Any, world: int) -> list:
-    "`obj` from every rank (a list of one without DDP)."
-    if world == 1: return [obj]
-    out = [None] * world; dist.all_gather_object(out, obj); return out
-
-def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
-    "True if `flag` is True on some rank."
-    if world == 1: return flag
-    t = torch.tensor([float(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX); return bool(t.item())
+def _result(run: _Run) -> TrainResult:
+    "The TrainResult of `run`."
+    s, bs = run.state, run.config.batch_size
+    return TrainResult(steps=s.step, finished=run.done(), stopped_early=run.stopped_early, best_step=s.best_step, best_valid=s.best_valid,
+                       wall_time_s=run.wall_time_s, examples_per_s=run.steps_run * bs / run.wall_time_s if run.wall_time_s else 0.0,
+                       total_time_s=s.train_time_s, total_examples_per_s=s.step * bs / s.train_time_s if s.train_time_s else 0.0,
+                       skipped_steps=s.skipped_steps, history=run.history, run_dir=run.run_dir, model=run.eval_model.eval())
 
 # %% ../nbs/04_training.ipynb #a7b844b6
 def fit(model: nn.Module,
@@ -450,118 +555,18 @@ def fit(model: nn.Module,
        ) -> TrainResult:
     "Train `model` by minimising `loss_fn` on `train_data` as `config` says; validate, checkpoint to `run_dir` and resume from it."
     t_start = time.monotonic()
-    if not isinstance(config, TrainConfig): raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if not isinstance(model, nn.Module): raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if loss_fn is None and not hasattr(model, "log_prob"): raise TypeError(f"{type(model).__name__} has no log_prob; pass loss_fn=")
-    if valid_data is not None and valid_fn is None and not hasattr(model, "log_prob"): raise TypeError(f"{type(model).__name__} has no log_prob; pass valid_fn=")
-    loss_fn, valid_fn = loss_fn or nll_loss, valid_fn or log_prob_score
-    rank, world = _world()
-    if config.batch_size % world: raise ValueError(f"TrainConfig.batch_size={config.batch_size} must be divisible by the number of processes ({world})")
-    device = torch.device(device) if device is not None else _default_device(world)
-    amp = config.amp if config.amp is not None else device.type == "cuda"
-    run_dir = Path(run_dir) if run_dir is not None else None
-    writer = run_dir is not None and rank == 0
-
-    model.to(device)
-    batches = EpochBatches(train_data, config.batch_size // world, config.seed, rank, world, device)
-    optimizer = make_optimizer(list(model.parameters()), config, device)
-    scheduler = LambdaLR(optimizer, lambda s: lr_factor(config, s))
-    module = LossModule(model, loss_fn)
-    state = {"step": 0, "best_valid": None, "best_step": None, "bad_evals": 0, "skipped_steps": 0, "train_time_s": 0.0}
-    history: list[dict] = []
-    ckpt = None
-    if run_dir is not None and resume and (run_dir / "last.pt").exists():
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        check_resumable(config, ckpt, run_dir / "last.pt"); check_compatible(model, ckpt)
-        model.load_state_dict(ckpt["model"]); optimizer.load_state_dict(ckpt["optimizer"]); scheduler.load_state_dict(ckpt["scheduler"])
-        state.update(ckpt["state"])
-        rngs = ckpt["rng"]
-        set_rng_state(rngs[rank]) if rank < len(rngs) else seed_everything(config.seed + rank + state["step"])
-        if writer: history = _read_history(run_dir / "metrics.jsonl", state["step"])
-        if "train_time_s" not in ckpt["state"]: state["train_time_s"] = _logged_train_time(history, config.batch_size)  # older checkpoints
-    else:
-        seed_everything(config.seed + rank)
-        if hasattr(model, "data_init"): model.data_init(next(batches.epoch(0))[0])  # a model's own data-dependent init, before DDP syncs rank 0's
-        if writer:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("last.pt", "best.pt"): (run_dir / name).unlink(missing_ok=True)
-            info = {"config": asdict(config), "model": getattr(model, "spec", None), "lvmkit_version": __version__, "torch_version": torch.__version__,
-                    "world_size": world, "device": str(device), "hardware": describe_hardware(device), "git_commit": git_commit()}
-            _atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(info, indent=1, default=str) + "\n"), mode="w")
-            _atomic_write(run_dir / "metrics.jsonl", lambda f: None, mode="w")
-    if world > 1: module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) if config.ema_decay else None
-    if ema is not None and ckpt is not None: ema.load_state_dict(ckpt["ema"])
-    if config.compile: module = torch.compile(module)
+    run = _new_run(model, train_data, valid_data, config, loss_fn, valid_fn, monitor, run_dir, device)
+    last = run.run_dir / "last.pt" if run.run_dir is not None else None
+    ckpt = load_checkpoint(last) if resume and last is not None and last.exists() else None
+    if ckpt is None: _start_run(run)
+    else: _resume_run(run, ckpt)
+    run.module = _ddp(run.module, run.world, run.device)                 # under DDP every rank now holds rank 0's weights
+    run.ema = _make_ema(model, config.ema_decay, None if ckpt is None else ckpt["ema"])
+    if config.compile: run.module = torch.compile(run.module)
     del ckpt
-    eval_model = ema.module if ema is not None else model
-
-    def log(record: dict):
-        history.append(record)
-        if writer:
-            with open(run_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
-
-    def checkpoint(name: str):
-        ck = dict(model=model.state_dict(), spec=getattr(model, "spec", None), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                  ema=ema.state_dict() if ema is not None else None, rng=_gather(rng_state(), world), state=dict(state),
-                  config=asdict(config), world_size=world)
-        if writer: save_checkpoint(run_dir / name, **ck)
-
-    def validate():
-        score = evaluate_mean(eval_model, valid_data, valid_fn, config.batch_size // world, device, seed=config.seed)
-        improved = state["best_valid"] is None or score > state["best_valid"]
-        if improved: state.update(best_valid=score, best_step=state["step"], bad_evals=0)
-        else: state["bad_evals"] += 1
-        log({"step": state["step"], "valid": score, "best": state["best_valid"], "best_step": state["best_step"]})
-        if improved and run_dir is not None: checkpoint("best.pt")
-        return score
-
-    def diagnose():
-        was = eval_model.training; eval_model.eval()
-        try:
-            with torch.no_grad(): values = {k: float(v) for k, v in monitor(eval_model).items()}
-        finally: eval_model.train(was)
-        log({"step": state["step"], "monitor": values})
-
-    def done() -> bool:
-        return state["step"] >= config.steps or (config.patience is not None and state["bad_evals"] >= config.patience)
-
     end = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
-    bar = tqdm(total=config.steps, initial=state["step"], disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
-    window, train_time, steps_run, saved_at, evaluated_at, it, stop = _Window(), 0.0, 0, state["step"], None, None, False
-    try:
-        while not done() and state["step"] < end and not stop:
-            step = state["step"]
-            if it is None: it = batches.epoch(*divmod(step, batches.per_epoch))
-            try: x, bad = next(it)
-            except StopIteration: it = None; continue
-            if _any_rank(bad, world, device): raise ValueError(f"batch at step {step} contains NaN/Inf; clean the data (lvmkit.data checks it)")
-            time_up = max_time_s is not None and time.monotonic() - t_start > max_time_s
-            lr = optimizer.param_groups[0]["lr"]
-            t0 = time.perf_counter()
-            out = train_step(module, optimizer, x, step, config.grad_clip, amp, config.on_nonfinite, stop=time_up)
-            scheduler.step()
-            if ema is not None and not out.skipped: ema.update_parameters(model)
-            dt = time.perf_counter() - t0
-            train_time += dt; steps_run += 1; stop = out.stop; state["train_time_s"] += dt
-            state["step"] += 1; state["skipped_steps"] += int(out.skipped)
-            window.add(out, dt); bar.update(1)
-            if state["step"] % config.log_every == 0:
-                rec = window.record(state["step"], step // batches.per_epoch, lr, config.batch_size, state["skipped_steps"]); window = _Window()
-                log(rec); bar.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}", refresh=False)
-            if state["step"] % config.eval_every == 0:
-                if valid_data is not None: validate(); evaluated_at = state["step"]
-                if monitor is not None: diagnose()
-                checkpoint("last.pt"); saved_at = state["step"]
-        if done() and steps_run:
-            if window.n: log(window.record(state["step"], (state["step"] - 1) // batches.per_epoch, lr, config.batch_size, state["skipped_steps"]))
-            if valid_data is not None and evaluated_at != state["step"]: validate()
-        if run_dir is not None and saved_at != state["step"]: checkpoint("last.pt")
-    finally:
-        bar.close()
-    stopped_early = config.patience is not None and state["bad_evals"] >= config.patience
-    return TrainResult(steps=state["step"], finished=done(), stopped_early=stopped_early, best_step=state["best_step"], best_valid=state["best_valid"],
-                       wall_time_s=train_time, examples_per_s=steps_run * config.batch_size / train_time if train_time else 0.0,
-                       total_time_s=state["train_time_s"],
-                       total_examples_per_s=state["step"] * config.batch_size / state["train_time_s"] if state["train_time_s"] else 0.0,
-                       skipped_steps=state["skipped_steps"], history=history, run_dir=run_dir, model=eval_model.eval())
+    deadline = None if max_time_s is None else t_start + max_time_s
+    with tqdm(total=config.steps, initial=run.state.step, disable=not progress or run.rank != 0, unit="step", dynamic_ncols=True) as bar:
+        _train(run, end, deadline, bar)
+        _finish(run)
+    return _result(run)

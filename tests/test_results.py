@@ -114,3 +114,18 @@ def test_page_has_a_bits_per_dim_column_and_keeps_the_unit_a_reference_names(tmp
     write_results_page(tmp_path / "res", tmp_path / "page.md")
     page = (tmp_path / "page.md").read_text()
     assert "| bits/dim |" in page and "2.818" in page and "paper (bits/dim): 2.950 bits/dim" in page
+
+
+def test_records_and_page_are_written_atomically(tmp_path, monkeypatch):
+    "save_result and write_results_page go through lvmkit.checkpoint.atomic_write: a failed write keeps the old file, no temporary left."
+    import os
+    save_result(make(), tmp_path)
+    write_results_page(tmp_path, tmp_path / "page" / "results.md")
+    old_record, old_page = (tmp_path / "vae-bmnist.json").read_text(), (tmp_path / "page" / "results.md").read_text()
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_result(replace(make(), value=80.0), tmp_path)
+    with pytest.raises(OSError, match="disk full"):
+        write_results_page(tmp_path / "none", tmp_path / "page" / "results.md")
+    assert (tmp_path / "vae-bmnist.json").read_text() == old_record and (tmp_path / "page" / "results.md").read_text() == old_page
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["page", "results.md", "vae-bmnist.json"]

@@ -352,3 +352,56 @@ def test_total_training_time_survives_resume_and_old_checkpoints(tmp_path):
     assert b.total_examples_per_s == pytest.approx(6 * 16 / b.total_time_s)
     c = fit(nn.Linear(4, 4), data, config=cfg, loss_fn=loss, run_dir=tmp_path, progress=False)   # nothing left to train
     assert c.wall_time_s == 0 and c.total_time_s == pytest.approx(b.total_time_s)
+
+
+# ---------------------------------------------------------------- the parts of fit
+
+def test_from_step_crosses_epochs_like_the_epochs():
+    from itertools import islice
+    from lvmkit.training import EpochBatches
+    b = EpochBatches(torch.arange(10.).unsqueeze(1), batch_size=3, seed=1)               # 3 batches an epoch
+    epochs = [[x.flatten().tolist() for x, _ in b.epoch(e)] for e in range(3)]
+    flat = [batch for e in epochs for batch in e]
+    for step in (0, 2, 3, 5):
+        assert [x.flatten().tolist() for x, _ in islice(b.from_step(step), 9 - step)] == flat[step:]
+
+
+class _InitCounting(DiagGaussian):
+    "A DiagGaussian with a data-dependent initialisation that counts its calls."
+    calls = 0
+    def data_init(self, x):
+        type(self).calls += 1
+        with torch.no_grad(): self.loc.copy_(x.mean(0))
+
+
+def test_data_init_on_a_fresh_run_only_and_monitor_lines(tmp_path):
+    x = gaussian_data()
+    cfg = TrainConfig(steps=6, batch_size=16, eval_every=3, log_every=3)
+    monitor = lambda m: {"scale": m.log_scale.exp().mean()}
+    _InitCounting.calls = 0
+    torch.manual_seed(0); fit(_InitCounting(), x, config=cfg, run_dir=tmp_path, stop_at_step=3, monitor=monitor, **CPU)
+    res = fit(_InitCounting(), x, config=cfg, run_dir=tmp_path, monitor=monitor, **CPU)          # resumed: weights come from last.pt
+    assert _InitCounting.calls == 1 and res.steps == 6
+    lines = [r for r in res.history if "monitor" in r]
+    assert [r["step"] for r in lines] == [3, 6] and all(isinstance(r["monitor"]["scale"], float) for r in lines)
+    fit(_InitCounting(), x, config=cfg, run_dir=tmp_path, resume=False, **CPU)                       # starting over initialises again
+    assert _InitCounting.calls == 2
+
+
+def test_checkpoint_state_is_the_run_state(tmp_path):
+    "The `state` of a checkpoint has exactly the fields of the run state, so a resumed run restores all of it."
+    from dataclasses import fields
+    from lvmkit.training import _RunState
+    fit(DiagGaussian(), gaussian_data(), gaussian_data(32, 1), TrainConfig(steps=4, batch_size=16, eval_every=2), run_dir=tmp_path, **CPU)
+    state = load_checkpoint(tmp_path / "last.pt")["state"]
+    assert list(state) == [f.name for f in fields(_RunState)] and state["step"] == 4 and state["best_step"] in (2, 4)
+
+
+def test_resume_rewrites_the_log_without_lines_after_the_checkpoint(tmp_path):
+    cfg = TrainConfig(steps=8, batch_size=16, eval_every=4, log_every=1)
+    fit(DiagGaussian(), gaussian_data(), config=cfg, run_dir=tmp_path, stop_at_step=4, **CPU)
+    with open(tmp_path / "metrics.jsonl", "a") as f: f.write(json.dumps({"step": 5, "loss": 0.0}) + "\n")   # a line from a killed run
+    res = fit(DiagGaussian(), gaussian_data(), config=cfg, run_dir=tmp_path, **CPU)
+    steps = [r["step"] for r in res.history]
+    assert steps == list(range(1, 9)) and [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == steps
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
