@@ -11,7 +11,7 @@ from lvmkit.flows import (MADE, AffineAutoregressive, Compose, ConditionalIAF, F
                           InverseFlowDistribution, MaskedLinear, Permute, Reverse, Transform, check_autoregressive,
                           check_transform)
 from lvmkit.testing import check_model
-from lvmkit.vae import VAE
+from lvmkit.models.vae import VAE
 
 
 @pytest.fixture(autouse=True)
@@ -288,25 +288,40 @@ def test_flow_distribution_shapes_context_and_rsample_gradients():
 
 
 @pytest.mark.parametrize("S", [None, 3])
-def test_inverse_flow_cached_log_prob_equals_the_exact_one(S):
+def test_inverse_flow_sample_and_its_log_prob_in_one_pass_equal_the_exact_one(S):
     B, D, C = 5, 4, 3
     base = Independent(Normal(randn(B, D, seed=1), torch.rand(B, D) + 0.5), 1)
     flow = perturb(Compose(AffineAutoregressive(D, (16, 16), C, gated=True), Reverse(D),
                            AffineAutoregressive(D, (16, 16), C, "random", gated=True, seed=1)), seed=2)
     q = InverseFlowDistribution(base, flow, randn(B, C, seed=3))
-    z = q.rsample(() if S is None else (S,))
     shape = (B,) if S is None else (S, B)
-    fast = q.log_prob(z)
+    z, fast = q.rsample_and_log_prob(() if S is None else (S,))
     assert z.shape == (*shape, D) and fast.shape == shape
-    assert q.log_prob(z) is fast
-    slow = q.log_prob(z.detach().clone())
+    slow = q.log_prob(z)
     assert torch.allclose(fast, slow, atol=1e-4), (fast - slow).abs().max()
     # and both equal log q0(eps) - ldj for the eps that produced z
     eps = flow.inverse(z.detach(), q.context.expand(*shape, C))
     assert torch.allclose(slow, base.log_prob(eps) - flow(eps, q.context.expand(*shape, C))[1], atol=1e-5)
-    # a later rsample replaces the cache: the old sample is then evaluated exactly, not given the new value
-    z2 = q.rsample(() if S is None else (S,))
-    assert torch.allclose(q.log_prob(z), fast, atol=1e-4) and not torch.allclose(q.log_prob(z), q.log_prob(z2))
+    # the one-pass log q carries gradients to the flow and the base, like rsample
+    fast.sum().backward()
+    assert all(p.grad is not None for p in flow.parameters())
+
+
+def test_inverse_flow_log_prob_always_inverts():
+    "No identity cache: log_prob(z) of rsample's own tensor runs the inverse, like any other value."
+    base = Independent(Normal(torch.zeros(2, 3), torch.ones(2, 3)), 1)
+    t = perturb(AffineAutoregressive(3, (8,), gated=True), seed=1)
+    q = InverseFlowDistribution(base, t)
+    calls = []
+    inverse = t.inverse
+    t.inverse = lambda z, context=None: calls.append(1) or inverse(z, context)
+    z = q.rsample((4,))
+    assert not calls
+    lp = q.log_prob(z)
+    assert calls == [1] and lp.shape == (4, 2) and not hasattr(q, "_cache")
+    torch.manual_seed(5); z1, lq1 = q.rsample_and_log_prob()
+    torch.manual_seed(5); z2 = q.rsample()
+    assert torch.equal(z1, z2) and torch.allclose(lq1, q.log_prob(z2), atol=1e-5)
 
 
 def test_inverse_flow_normalises_in_1d():
