@@ -4,16 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #58417f7e
 from __future__ import annotations
-import os, random, platform, subprocess, inspect
+import os, random, platform, secrets, subprocess, inspect
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 import numpy as np
 import torch
 from torch import nn
 
 # %% auto #0
 __all__ = ['MODELS', 'MODEL_PACKAGES', 'quick', 'default_device', 'seed_everything', 'describe_hardware', 'git_commit',
-           'register_model', 'import_models', 'build_model']
+           'atomic_write', 'register_model', 'import_models', 'build_model']
 
 # %% ../nbs/00_core.ipynb #a3ff54d6
 def quick() -> bool:
@@ -52,6 +52,34 @@ def git_commit(path: str | Path = ".") -> str | None:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **kw).stdout.strip()
         return sha.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError): return None
+
+# %% ../nbs/00_core.ipynb #1230e225
+def _fsync_dir(folder: Path) -> None:
+    "Make a rename in `folder` durable (a no-op where folders cannot be opened)."
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass
+
+def atomic_write(path: str | Path,
+                 content: str | bytes | Callable[[BinaryIO], Any],  # text (written as UTF-8), bytes, or a function that writes to a binary file
+                ) -> Path:
+    "Replace `path` by `content` all at once: write a temporary file beside it, fsync it, rename it over `path`."
+    if isinstance(content, str): content = content.encode("utf-8")
+    if isinstance(content, (bytes, bytearray)): write = lambda f, data=content: f.write(data)
+    elif callable(content): write = content
+    else: raise TypeError(f"atomic_write needs str, bytes or a function of a binary file; got {type(content).__name__}")
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")   # unique: concurrent writers do not collide
+    try:
+        with open(tmp, "xb") as f:
+            write(f); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+    _fsync_dir(path.parent)
+    return path
 
 # %% ../nbs/00_core.ipynb #a3228c3c
 MODELS: dict[str, Callable[..., nn.Module]] = {}

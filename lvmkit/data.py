@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
+from .core import atomic_write
 
 # %% auto #0
 __all__ = ['BINARIZED_MNIST_SHA256', 'BINARIZED_MNIST_URL', 'BINARIZED_MNIST_SPLITS', 'CIFAR10_CLASSES', 'CIFAR10_SHA256',
@@ -51,13 +52,8 @@ def _check_split(split: str, valid: tuple[str, ...]) -> None:
 def _sha256(b: bytes) -> str: return hashlib.sha256(b).hexdigest()
 
 def _save_npy(path: Path, a: np.ndarray) -> None:
-    "Write `a` to `path` atomically (temporary file, then rename), so no reader sees half a file."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f: np.save(f, a)
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
+    "Write `a` to `path` atomically (lvmkit.core.atomic_write), so no reader sees half a file."
+    atomic_write(path, lambda f: np.save(f, a))
 
 # %% ../nbs/01_data.ipynb #8dcec08f
 BINARIZED_MNIST_SHA256 = {  # of the uncompressed .amat text, as published by TensorFlow Datasets
@@ -81,14 +77,12 @@ def _parse_amat(buf: bytes) -> np.ndarray:
 # %% ../nbs/01_data.ipynb #527899c4
 def _download(url: str, dest: Path, sha256: str) -> None:
     "Fetch `url` to `dest` via a temporary file, renamed only after its SHA-256 matched."
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp, h = dest.with_name(f".{dest.name}.{os.getpid()}.part"), hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+    def fetch(f):                                   # raising here leaves no file behind (atomic_write removes its temporary)
+        h = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=60) as r:
             while chunk := r.read(1 << 20): h.update(chunk); f.write(chunk)
         if h.hexdigest() != sha256: raise DataIntegrityError(url, sha256, h.hexdigest(), "downloaded content differs from the published one")
-        os.replace(tmp, dest)
-    finally: tmp.unlink(missing_ok=True)
+    atomic_write(dest, fetch)
 
 def _binarized_split(split: str, root: str | Path | None, download: bool) -> np.ndarray:
     "One split of binarized MNIST as uint8 (N, 784): from the cache, else parsed, verified and cached."
@@ -136,9 +130,7 @@ def _mnist_root(root: Path, download: bool) -> Path:
         for (name, md5), src, dest in zip(names, archives, unpacked(cache)):
             raw = src.read_bytes()
             if hashlib.md5(raw).hexdigest() != md5: raise DataIntegrityError(src, md5, hashlib.md5(raw).hexdigest(), "MD5 differs from torchvision's", algo="md5")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(gzip.decompress(raw)); os.replace(tmp, dest)
+            atomic_write(dest, gzip.decompress(raw))
         return cache
     if download: return root  # torchvision downloads into the root: asked for
     missing = [p for p in unpacked(root) + archives if not p.is_file()]

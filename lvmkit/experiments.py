@@ -12,7 +12,7 @@ import torch
 from torch import nn, Tensor
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.utils import make_grid, save_image
-from .core import build_model, default_device, quick, seed_everything
+from .core import atomic_write, build_model, default_device, quick, seed_everything
 from .data import binarized_mnist, cifar10, mnist
 from .objectives import elbo_objective, evaluate
 from .results import ResultRecord, save_result
@@ -127,7 +127,7 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
     elif exp.test_n is not None: test = _subset(test, exp.test_n)
     model = build_model(exp.model, **exp.model_kwargs)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "experiment.json").write_text(json.dumps(asdict(exp), indent=1, default=str) + "\n")
+    atomic_write(run_dir / "experiment.json", json.dumps(asdict(exp), indent=1, default=str) + "\n")
     monitor = None
     if hasattr(model, "monitor"):   # a model's own diagnostics (e.g. active units), on a fixed batch, at every evaluation
         xm = torch.stack([first_tensor(b) for b in _subset(valid if valid is not None else train, exp.monitor_n)]).to(device)
@@ -159,7 +159,7 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
             eval_time_s=r["seconds"], mode="quick" if quick_mode else "full", notes=exp.description,
             config=dict(model_kwargs=exp.model_kwargs, train=asdict(exp.train), objective=exp.objective,
                         checkpoint=ckpt.name, best_step=res.best_step), reference=exp.reference))
-    (run_dir / "result.json").write_text(json.dumps([asdict(r) for r in records], indent=1) + "\n")
+    atomic_write(run_dir / "result.json", json.dumps([asdict(r) for r in records], indent=1) + "\n")
     if results_dir is not None:
         for r in records: save_result(r, results_dir)
     return summary

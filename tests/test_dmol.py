@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lvmkit.dmol import (ConditionalDMoL, DiscretizedLogisticMixture, check_pixels, dmol_params_size, float_to_pixels,
+from lvmkit.distributions import (ConditionalDMoL, DiscretizedLogisticMixture, check_pixels, dmol_params_size, float_to_pixels,
                          log_discretized_logistic, pixels_to_float)
 
 

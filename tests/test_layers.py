@@ -13,7 +13,7 @@ LIB = Path(lvmkit.__file__).parent
 FLOORS = {
     "core": 0,
     "data": 1, "blocks": 1,
-    "distributions": 2, "dmol": 3, "protocol": 3,
+    "distributions": 2, "protocol": 3,
     "flows": 4,
     "objectives": 5,
     "testing": 6,

@@ -82,7 +82,10 @@ def test_widget_views_have_saved_state(nb_path):
 
 
 def test_default_exp_cell_is_hidden(nb_path):
-    cells = [c for c in code_cells(load(nb_path)) if re.search(r"^#\|\s*default_exp\s+\S+", source(c), re.M)]
+    nb = load(nb_path)
+    cells = [c for c in code_cells(nb) if re.search(r"^#\|\s*default_exp\s+\S+", source(c), re.M)]
+    plain = [c for c in code_cells(nb) if re.match(r"#\|\s*export\s*$", source(c).split("\n", 1)[0])]
+    if not cells and not plain: return   # every export names its module (e.g. the DMoL page exports into lvmkit.distributions)
     assert len(cells) == 1, f"{nb_path.name}: needs exactly one '#| default_exp module' cell, found {len(cells)}"
     assert "remove-cell" in cells[0].get("metadata", {}).get("tags", []), \
         f"{nb_path.name}: tag the '#| default_exp' cell with remove-cell (in the jupytext script: # %% tags=[\"remove-cell\"])"

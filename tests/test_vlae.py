@@ -364,7 +364,7 @@ def test_decoder_mean_for_dmol_and_samples_png(tmp_path):
 def test_value_checks_survive_torch_compile_switching_off_validation():
     "torch.compile (dynamo) calls Distribution.set_default_validate_args(False); our likelihoods keep checking their values."
     from torch.distributions import Distribution
-    from lvmkit.dmol import DiscretizedLogisticMixture
+    from lvmkit.distributions import DiscretizedLogisticMixture
     old = Distribution._validate_args
     Distribution.set_default_validate_args(False)
     try:

@@ -11,7 +11,8 @@ from torch import nn, Tensor
 from ..core import register_model
 from ..distributions import MLP, ConditionalBernoulli, StandardNormal
 from ..flows import ConditionalIAF
-from .vae import VAE, _activation
+from ..blocks import get_activation
+from .vae import VAE
 
 # %% auto #0
 __all__ = ['iaf_vae', 'log_joint_grid']
@@ -28,7 +29,7 @@ def iaf_vae(x_shape: Sequence[int] = (1, 28, 28), # shape of one binary image
            ) -> VAE:
     """VAE with an IAF posterior, a Bernoulli decoder and a standard-normal prior, for binary images.
     References: Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, NeurIPS 2016."""
-    act = _activation(activation)
+    act = get_activation(activation)
     if z_dim < 1 or not hidden: raise ValueError(f"need z_dim >= 1 and at least one hidden layer, got z_dim={z_dim}, hidden={hidden}")
     d = math.prod(x_shape)
     encoder = ConditionalIAF(d, z_dim, hidden, steps, context_features, made_hidden, activation=act)

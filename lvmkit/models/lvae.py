@@ -5,70 +5,36 @@
 # %% ../../nbs/13_lvae.ipynb #f2475834
 from __future__ import annotations
 import math, resource, sys, time
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, kl_divergence
 from ..core import register_model
-from ..distributions import ConditionalNormal, check_binary
-from ..dmol import ConditionalDMoL, check_pixels, dmol_params_size, pixels_to_float
+from ..distributions import ConditionalNormal, ImageLikelihood, check_binary, precision_weighted
+from ..distributions import ConditionalDMoL, check_pixels, dmol_params_size, pixels_to_float
 from ..protocol import ELBOTerms, LatentVariableModule
-from .vae import _activation, decoder_mean
+from ..blocks import Gate, Merge, ResBlock, data_dependent_init, get_activation
+from .vae import decoder_mean
 
 # %% auto #0
-__all__ = ['Gate', 'ResBlock', 'Merge', 'precision_weighted', 'BottomUpLayer', 'TopDownLayer', 'data_dependent_init', 'LadderVAE',
-           'active_units', 'layer_grid', 'peak_rss_mb', 'measure_training']
-
-# %% ../../nbs/13_lvae.ipynb #ca98ac34
-class Gate(nn.Module):
-    "Gated activation act(a) * sigmoid(b), with a and b from one 1x1 convolution."
-    def __init__(self, channels: int, act: Callable[[], nn.Module]):
-        super().__init__()
-        self.conv, self.act = nn.Conv2d(channels, 2 * channels, 1), act()
-
-    def forward(self, x: Tensor) -> Tensor:
-        a, b = self.conv(x).chunk(2, dim=1)                 # (B, C, H, W) each
-        return self.act(a) * torch.sigmoid(b)
-
-class ResBlock(nn.Module):
-    "x + f(x) with f = 2 x (BatchNorm, act, 3x3 conv, Dropout2d), optionally followed by a gate (the seed's 'bacdbacd' block)."
-    def __init__(self,
-                 channels: int, # feature maps in and out
-                 act: Callable[[], nn.Module] = nn.ELU,
-                 gated: bool = True, # end f with Gate
-                 batchnorm: bool = True,
-                 dropout: float = 0.2, # Dropout2d probability (whole feature maps)
-                ):
-        super().__init__()
-        layers: list[nn.Module] = []
-        for _ in range(2):
-            layers += [nn.BatchNorm2d(channels) if batchnorm else nn.Identity(), act(),
-                       nn.Conv2d(channels, channels, 3, padding=1), nn.Dropout2d(dropout)]
-        if gated: layers.append(Gate(channels, act))
-        self.f = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor: return x + self.f(x)
-
-class Merge(nn.Module):
-    "Merge two feature maps of equal size: concatenate, 1x1 conv to `channels`, then a ResBlock."
-    def __init__(self, in_a: int, in_b: int, channels: int, **block):
-        super().__init__()
-        self.conv, self.block = nn.Conv2d(in_a + in_b, channels, 1), ResBlock(channels, **block)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor: return self.block(self.conv(torch.cat([a, b], dim=1)))
-
-# %% ../../nbs/13_lvae.ipynb #31d12347
-def precision_weighted(q_hat: Independent, p: Independent) -> Independent:
-    "Sønderby et al.'s merge: the Gaussian whose precision is the sum of both precisions and whose mean is their precision-weighted mean."
-    a, b = q_hat.base_dist, p.base_dist
-    prec_a, prec_b = a.scale.pow(-2), b.scale.pow(-2)
-    var = 1 / (prec_a + prec_b)
-    loc = (a.loc * prec_a + b.loc * prec_b) * var
-    return Independent(Normal(loc, var.sqrt()), q_hat.reinterpreted_batch_ndims)
+__all__ = ['Pick', 'LatentSample', 'sample_posterior', 'BottomUpLayer', 'TopDownLayer', 'Hierarchy', 'LadderVAE', 'active_units',
+           'layer_grid', 'peak_rss_mb', 'measure_training']
 
 # %% ../../nbs/13_lvae.ipynb #9075bb3b
 def _conv3(a: int, b: int) -> nn.Conv2d: return nn.Conv2d(a, b, 3, padding=1)
+
+class LatentSample(NamedTuple):
+    "One latent of a hierarchy: its value z, its prior p(z | layers above) and its posterior q(z | x, layers above) (None when generating)."
+    z: Tensor
+    p: Distribution
+    q: Distribution | None
+
+Pick = Callable[[int, Distribution, "Distribution | None"], Tensor]   # (layer index, p, q) -> z: how the top-down pass chooses a latent
+
+def sample_posterior(i: int, p: Distribution, q: Distribution | None) -> Tensor:
+    "The default `pick`: a reparameterised draw from q when inferring, a draw from p when generating."
+    return q.rsample() if q is not None else p.sample()
 
 class BottomUpLayer(nn.Module):
     "Deterministic bottom-up step: an optional stride-2 conv (halves H and W), then `blocks` ResBlocks."
@@ -78,6 +44,11 @@ class BottomUpLayer(nn.Module):
         self.blocks = nn.Sequential(*[ResBlock(channels, **block) for _ in range(blocks)])
 
     def forward(self, h: Tensor) -> Tensor: return self.blocks(self.down(h))
+
+    def up(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        "One step of the bottom-up loop: (features for the layer above, d_i kept for the top-down pass), here the same map."
+        h = self(h)
+        return h, h
 
 class TopDownLayer(nn.Module):
     "One stochastic layer of the generative path: p(z_i | h), q(z_i | h, d_i), then h' = f(z_i, h) for the layer below."
@@ -113,33 +84,104 @@ class TopDownLayer(nn.Module):
         if self.skip_merge is not None: out = self.skip_merge(out, h)
         return self.up(self.blocks(out))
 
-# %% ../../nbs/13_lvae.ipynb #c3fbeb4b
-@torch.no_grad()
-def data_dependent_init(model: nn.Module, # every Conv2d, ConvTranspose2d and Linear in it is rescaled
-                        run: Callable[[], object], # one forward pass on a batch of data, e.g. lambda: model.elbo_terms(x)
-                        scale: float = 0.1, # the output standard deviation each layer gets
-                       ) -> int:
-    "Rescale each layer, in the order the forward pass meets it, so that its outputs on the batch have mean 0 and std `scale` per channel; returns the number of layers set."
-    done: set[nn.Module] = set()
-    def hook(module: nn.Module, inputs, out: Tensor) -> Tensor:
-        if module in done: return out
-        done.add(module)
-        ch = out.dim() - 1 if isinstance(module, nn.Linear) else 1                    # the channel axis of the output
-        std, mean = torch.std_mean(out, dim=[i for i in range(out.dim()) if i != ch])   # (C_out,)
-        g = scale / (std + 1e-8)
-        w = module.weight                                                             # ConvTranspose2d keeps C_out on axis 1
-        w.mul_(g.view(1, -1, *[1] * (w.dim() - 2)) if isinstance(module, nn.ConvTranspose2d) else g.view(-1, *[1] * (w.dim() - 1)))
-        if module.bias is not None: module.bias.sub_(mean).mul_(g)
-        shape = [-1 if i == ch else 1 for i in range(out.dim())]
-        return (out - mean.view(shape)) * g.view(shape)                               # the new layer's output, passed on
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
-    try: run()
-    finally:
-        for h in handles: h.remove()
-    return len(done)
+    def down(self, h: Tensor | None, d: Tensor | None, pick: Pick, i: int, top: Distribution | None = None) -> tuple[Tensor, list[LatentSample]]:
+        "One step of the top-down loop: p(z_i | h) (`top` for the top layer), q(z_i | d_i, h) if d is given, z_i = pick(i, p, q); returns (h for the layer below, [z_i, p, q])."
+        p = top if self.top else self.prior(h)                                          # p(z_i | z_>i)
+        q = self.q(d, h, p) if d is not None else None                                  # q(z_i | z_>i, x)
+        z = pick(i, p, q)                                                               # (n, C_i, h_i, w_i)
+        return self(z, h), [LatentSample(z, p, q)]
 
 # %% ../../nbs/13_lvae.ipynb #1b912da1
-class LadderVAE(LatentVariableModule):
+def _repeat(t: Tensor, n: int) -> Tensor:
+    "n copies of a batch along the first axis, (n*B, ...): copy s holds rows s*B .. (s+1)*B - 1."
+    return t.repeat(n, *[1] * (t.dim() - 1))
+
+class Hierarchy(LatentVariableModule):
+    """A hierarchy of stochastic layers driven by one bottom-up loop and one top-down loop.
+    Subclasses build `bottom_up` and `top_down` (ModuleLists, bottom first; see BottomUpLayer.up and TopDownLayer.down), `head` (the last
+    top-down features to the likelihood's parameters) and `lik` (parameters to p(x|z), e.g. ImageLikelihood), and write `embed(x)` and `top_prior(n)`."""
+    stochastic_bottom_up = False     # True when the bottom-up pass samples (BIVA): S importance samples then need S bottom-up passes
+    data_dep_init = False            # data_init(x) rescales every layer on a batch (fit calls it before training)
+
+    def embed(self, x: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement embed(x): the input of the first bottom-up layer")
+
+    def top_prior(self, n: int) -> Distribution:
+        raise NotImplementedError(f"{type(self).__name__} must implement top_prior(n): p(z_L) for n examples")
+
+    def check_input(self, x: Tensor) -> None:
+        "Raise a ValueError naming the problem if `x` is not a batch of images this model was built for."
+        if not isinstance(x, Tensor): raise TypeError(f"expected a Tensor batch, got {type(x).__name__}")
+        C, H, W = self.x_shape
+        if x.dim() != 4: raise ValueError(f"expected images of shape (B, {C}, {H}, {W}), got a tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != C: raise ValueError(f"this model was built for {C}-channel images (x_shape={self.x_shape}); got {x.shape[1]} channels")
+        if tuple(x.shape[2:]) != (H, W): raise ValueError(f"this model was built for {H}x{W} images; got {x.shape[2]}x{x.shape[3]}")
+        self.lik.check(x)
+
+    def encode(self, x: Tensor) -> list:
+        "The bottom-up loop: d_1, ..., d_L (bottom first)."
+        h, d = self.embed(x), []
+        for layer in self.bottom_up:
+            h, d_i = layer.up(h)
+            d.append(d_i)
+        return d
+
+    def infer(self, x: Tensor, n_samples: int | None = None) -> list:
+        "Bottom-up features for n_samples per example (rows s*B.. for sample s): one pass repeated, or n passes if the bottom-up path samples."
+        if n_samples is None: return self.encode(x)
+        if self.stochastic_bottom_up: return self.encode(_repeat(x, n_samples))
+        return [_repeat(t, n_samples) for t in self.encode(x)]
+
+    def generate(self, n: int, d: Sequence | None = None, pick: Pick | None = None) -> tuple[Tensor, list[LatentSample]]:
+        """The top-down loop for n examples: the decoder's map and every latent drawn (bottom first), each a LatentSample (z, p, q).
+        With bottom-up features d the latents come from q (inference), without from p (generation); `pick(i, p, q)` chooses z_i."""
+        pick, h, latents, L = pick or sample_posterior, None, [], len(self.top_down)
+        for i in reversed(range(L)):
+            h, drawn = self.top_down[i].down(h, None if d is None else d[i], pick, i, self.top_prior(n) if i == L - 1 else None)
+            latents = drawn + latents
+        return self.head(h), latents
+
+    def likelihood(self, h: Tensor) -> Distribution:
+        "p(x | z) from the decoder's map."
+        return self.lik(h)
+
+    def elbo_terms(self, x: Tensor, n_samples: int | None = None, analytic_kl: bool = False) -> ELBOTerms:
+        "ELBO terms with one KL per latent (bottom first): shapes (B,), or (S, B) with n_samples=S."
+        d = self.infer(x, n_samples)                                                     # bottom-up once for all S samples (unless it samples)
+        S, B = n_samples or 1, x.shape[0]
+        h, latents = self.generate(S * B, d)
+        log_px_z = self.likelihood(h).log_prob(_repeat(x, S) if n_samples is not None else x)   # (S*B,)
+        if analytic_kl: kl = [kl_divergence(l.q, l.p) for l in latents]
+        else:           kl = [l.q.log_prob(l.z) - l.p.log_prob(l.z) for l in latents]    # MC KL at the sample: a valid IW weight
+        shape = (S, B) if n_samples is not None else (B,)
+        zs = tuple(l.z.reshape(*shape, *l.z.shape[1:]) for l in latents)
+        return ELBOTerms(log_px_z.reshape(shape), tuple(k.reshape(shape) for k in kl), zs, mc_kl=not analytic_kl)
+
+    @torch.no_grad()
+    def sample(self, n: int, noise: bool = True) -> Tensor:
+        "n draws x ~ p(x | z), z ~ p(z) top-down; with noise=False the decoder's mean instead of a draw of x."
+        px = self.likelihood(self.generate(n)[0])
+        return px.sample() if noise else decoder_mean(px)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        "Decoder mean with every z_i at its posterior mean (the posteriors' modes, top-down)."
+        h, _ = self.generate(x.shape[0], self.encode(x), pick=lambda i, p, q: q.mean)
+        return decoder_mean(self.likelihood(h))
+
+    def data_init(self, x: Tensor) -> None:
+        "Data-dependent initialisation on the batch x (if enabled): every layer's outputs get mean 0 and std 0.1."
+        if not self.data_dep_init: return
+        was = self.training; self.train()
+        try: data_dependent_init(self, lambda: self.elbo_terms(x))
+        finally: self.train(was)
+
+    def monitor(self, x: Tensor) -> dict[str, float]:
+        "Diagnostics that `fit` logs at every evaluation: the fraction of active units per latent (au0 = bottom)."
+        return {f"au{i}": a for i, a in enumerate(active_units(self, x))}
+
+# %% ../../nbs/13_lvae.ipynb #37f78c83
+class LadderVAE(Hierarchy):
     """Ladder VAE with spatial latents: a deterministic bottom-up pass, then a top-down pass that samples z_L, ..., z_1.
     References: Sønderby et al., Ladder Variational Autoencoders, NeurIPS 2016; Kingma et al., IAF, NeurIPS 2016 (free bits)."""
     def __init__(self,
@@ -167,8 +209,7 @@ class LadderVAE(LatentVariableModule):
         if len(z_channels) < 1 or len(z_channels) != len(downsample):
             raise ValueError(f"z_channels and downsample need one entry per stochastic layer; got {len(z_channels)} and {len(downsample)}")
         if any(d not in (0, 1) for d in downsample): raise ValueError(f"downsample entries must be 0 or 1, got {downsample}")
-        if likelihood not in ("bernoulli", "dmol"): raise ValueError(f"likelihood must be 'bernoulli' or 'dmol', got {likelihood!r}")
-        if likelihood == "bernoulli" and C != 1: raise ValueError(f"the Bernoulli likelihood is for 1-channel binary images; x_shape has {C} channels")
+        self.lik = ImageLikelihood(self.x_shape, likelihood, n_mix)                # checks the likelihood and the channels
         if merge not in ("linear", "precision"): raise ValueError(f"merge must be 'linear' or 'precision', got {merge!r}")
         self.factor = 2 ** (1 + sum(downsample))                 # the stem halves once, each downsampling layer once more
         if pad: self.padded = tuple(math.ceil(s / self.factor) * self.factor for s in (H, W))
@@ -177,7 +218,7 @@ class LadderVAE(LatentVariableModule):
                              f"(2 for the stem x 2^{sum(downsample)} for downsample={list(downsample)}); use pad=True or change downsample")
         else: self.padded = (H, W)
         self.likelihood_type, self.n_mix, self.z_channels, self.downsample = likelihood, n_mix, z_channels, downsample
-        act = _activation(activation)
+        act = get_activation(activation)
         block = dict(act=act, gated=gated, batchnorm=batchnorm, dropout=dropout)
         L = len(z_channels)
         self.stem = nn.Sequential(nn.Conv2d(C, channels, 5, stride=2, padding=2), act(), ResBlock(channels, **block))
@@ -186,96 +227,21 @@ class LadderVAE(LatentVariableModule):
                                                     min_scale=min_scale, **block) for i, (zc, d) in enumerate(zip(z_channels, downsample))])
         self.top_shape = (z_channels[-1], self.padded[0] // self.factor, self.padded[1] // self.factor)
         self.top_prior_params = nn.Parameter(torch.zeros(2 * z_channels[-1], *self.top_shape[1:]), requires_grad=learn_top_prior)
-        out_channels = 1 if likelihood == "bernoulli" else dmol_params_size(C, n_mix)
         self.head = nn.Sequential(nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1), ResBlock(channels, **block),
-                                  act(), _conv3(channels, out_channels))
-        self.dmol = ConditionalDMoL(nn.Identity(), C, n_mix) if likelihood == "dmol" else None
+                                  act(), _conv3(channels, self.lik.params_channels))
         self.min_scale, self.data_dep_init = min_scale, data_dep_init
-
-    def check_input(self, x: Tensor) -> None:
-        "Raise a ValueError naming the problem if `x` is not a batch of images this model was built for."
-        if not isinstance(x, Tensor): raise TypeError(f"expected a Tensor batch, got {type(x).__name__}")
-        C, H, W = self.x_shape
-        if x.dim() != 4: raise ValueError(f"expected images of shape (B, {C}, {H}, {W}), got a tensor of shape {tuple(x.shape)}")
-        if x.shape[1] != C: raise ValueError(f"this model was built for {C}-channel images (x_shape={self.x_shape}); got {x.shape[1]} channels")
-        if tuple(x.shape[2:]) != (H, W): raise ValueError(f"this model was built for {H}x{W} images; got {x.shape[2]}x{x.shape[3]}")
-        if self.likelihood_type == "bernoulli": check_binary(x)
-        else: check_pixels(x, self.x_shape)
 
     def top_prior(self, n: int) -> Independent:
         "p(z_L): the learned (or standard) Gaussian over the top feature map, for n examples."
         loc, pre = self.top_prior_params.expand(n, -1, -1, -1).chunk(2, dim=1)     # (n, C_L, h, w) each
         return Independent(Normal(loc, F.softplus(pre + math.log(math.e - 1)) + self.min_scale), 3)  # N(0, I) + min_scale at init
 
-    def encode(self, x: Tensor) -> list[Tensor]:
-        "The bottom-up features d_1, ..., d_L (bottom first), each (B, F, h_i, w_i)."
+    def embed(self, x: Tensor) -> Tensor:
+        "The input of the first bottom-up layer: check x, scale it, zero-pad to a multiple of the downsampling, and apply the stem."
         self.check_input(x)
-        h = x.float() if self.likelihood_type == "bernoulli" else pixels_to_float(x)   # (B, C, H, W)
         H, W = self.x_shape[1:]
-        h = F.pad(h, (0, self.padded[1] - W, 0, self.padded[0] - H))                   # zeros at the right and bottom
-        h, d = self.stem(h), []                                                        # (B, F, H/2, W/2)
-        for layer in self.bottom_up: h = layer(h); d.append(h)
-        return d
-
-    def generate(self, n: int, d: Sequence[Tensor] | None = None,
-                 pick: Callable[[int, Distribution, Distribution | None], Tensor] | None = None) -> tuple[Tensor, list]:
-        """The top-down pass for n examples: returns the decoder's feature map and, per layer (bottom first), (z, p, q).
-        With bottom-up features d the latents come from q (inference), without from p (generation);
-        `pick(i, p, q)` chooses z_i (default: q.rsample() when inferring, p.sample() when generating)."""
-        pick = pick or (lambda i, p, q: q.rsample() if q is not None else p.sample())
-        h, layers = None, []
-        for i in reversed(range(len(self.top_down))):
-            layer = self.top_down[i]
-            p = self.top_prior(n) if layer.top else layer.prior(h)                       # p(z_i | z_>i)
-            q = layer.q(d[i], h, p) if d is not None else None                           # q(z_i | z_>i, x)
-            z = pick(i, p, q)                                                           # (n, C_i, h_i, w_i)
-            h = layer(z, h)
-            layers.append((z, p, q))
-        return self.head(h), layers[::-1]
-
-    def likelihood(self, h: Tensor) -> Distribution:
-        "p(x | z) from the decoder's padded feature map: crop to the image, then Bernoulli logits or the logistic mixture."
-        H, W = self.x_shape[1:]
-        out = h[..., :H, :W].float()                                                     # (n, P, H, W), float32 even under autocast
-        if self.dmol is not None: return self.dmol(out)
-        return Independent(Bernoulli(logits=out, validate_args=False), 3)
-
-    def elbo_terms(self, x: Tensor, n_samples: int | None = None, analytic_kl: bool = False) -> ELBOTerms:
-        "ELBO terms with one KL per stochastic layer (bottom first): shapes (B,), or (S, B) with n_samples=S."
-        d = self.encode(x)                                                               # bottom-up once, for all S samples
-        S, B = n_samples or 1, x.shape[0]
-        if n_samples is not None: d = [t.repeat(S, 1, 1, 1) for t in d]                 # (S*B, F, h, w): sample s is rows s*B..
-        h, layers = self.generate(S * B, d)
-        px = self.likelihood(h)
-        log_px_z = px.log_prob(x.repeat(S, 1, 1, 1) if n_samples is not None else x)     # (S*B,)
-        if analytic_kl: kl = [kl_divergence(q, p) for z, p, q in layers]
-        else:           kl = [q.log_prob(z) - p.log_prob(z) for z, p, q in layers]        # MC KL at the sample: a valid IW weight
-        shape = (S, B) if n_samples is not None else (B,)
-        zs = tuple(z.reshape(*shape, *z.shape[1:]) for z, _, _ in layers)
-        return ELBOTerms(log_px_z.reshape(shape), tuple(k.reshape(shape) for k in kl), zs, mc_kl=not analytic_kl)
-
-    @torch.no_grad()
-    def sample(self, n: int, noise: bool = True) -> Tensor:
-        "n draws x ~ p(x | z), z ~ p(z) top-down; with noise=False the decoder's mean instead of a draw of x."
-        px = self.likelihood(self.generate(n)[0])
-        return px.sample() if noise else decoder_mean(px)
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        "Decoder mean with every z_i at its posterior mean (the posteriors' modes, top-down)."
-        h, _ = self.generate(x.shape[0], self.encode(x), pick=lambda i, p, q: q.mean)
-        return decoder_mean(self.likelihood(h))
-
-    def data_init(self, x: Tensor) -> None:
-        "Data-dependent initialisation on the batch x (if enabled): every layer's outputs get mean 0 and std 0.1."
-        if not self.data_dep_init: return
-        was = self.training; self.train()
-        try: data_dependent_init(self, lambda: self.elbo_terms(x))
-        finally: self.train(was)
-
-    def monitor(self, x: Tensor) -> dict[str, float]:
-        "Diagnostics that `fit` logs at every evaluation: the fraction of active units per layer (au0 = bottom)."
-        return {f"au{i}": a for i, a in enumerate(active_units(self, x))}
+        h = F.pad(self.lik.to_input(x), (0, self.padded[1] - W, 0, self.padded[0] - H))  # (B, C, H', W'): zeros at the right and bottom
+        return self.stem(h)                                                            # (B, F, H'/2, W'/2)
 
 register_model("lvae")(LadderVAE)
 

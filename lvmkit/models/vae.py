@@ -10,7 +10,8 @@ import torch
 from torch import nn, Tensor
 from torch.distributions import kl_divergence
 from ..core import register_model
-from ..distributions import MLP, ConditionalBernoulli, ConditionalNormal, StandardNormal, check_binary, rsample_and_log_prob
+from ..blocks import MLP, get_activation
+from ..distributions import ConditionalBernoulli, ConditionalNormal, StandardNormal, check_binary, rsample_and_log_prob
 from ..protocol import ELBOTerms, LatentVariableModule
 
 
@@ -70,12 +71,6 @@ class VAE(LatentVariableModule):
         return decoder_mean(self.decoder(self.encoder(x).mean))
 
 # %% ../../nbs/10_vae.ipynb #3e32ea3e
-_ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus, "gelu": nn.GELU}
-
-def _activation(name: str):
-    if name not in _ACTIVATIONS: raise ValueError(f"unknown activation {name!r}; choose from {sorted(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]
-
 @register_model("mlp_vae")
 def mlp_vae(x_shape: Sequence[int] = (1, 28, 28), # shape of one image
             z_dim: int = 50,                        # latent dimensions
@@ -83,7 +78,7 @@ def mlp_vae(x_shape: Sequence[int] = (1, 28, 28), # shape of one image
             activation: str = "elu",                # relu | elu | tanh | softplus | gelu
            ) -> VAE:
     "Fully connected VAE with a diagonal-Gaussian encoder and a Bernoulli decoder, for binary images."
-    act = _activation(activation)
+    act = get_activation(activation)
     if z_dim < 1 or not hidden: raise ValueError(f"need z_dim >= 1 and at least one hidden layer, got z_dim={z_dim}, hidden={hidden}")
     d = math.prod(x_shape)
     encoder = ConditionalNormal(nn.Sequential(nn.Flatten(), MLP([d, *hidden, 2 * z_dim], act)))
@@ -93,7 +88,7 @@ def mlp_vae(x_shape: Sequence[int] = (1, 28, 28), # shape of one image
 @register_model("gaussian_vae")
 def gaussian_vae(x_dim: int = 2, z_dim: int = 2, hidden: Sequence[int] = (32,), activation: str = "relu") -> VAE:
     "Fully connected VAE with diagonal-Gaussian encoder and decoder (learned variance), for real vectors."
-    act = _activation(activation)
+    act = get_activation(activation)
     encoder = ConditionalNormal(MLP([x_dim, *hidden, 2 * z_dim], act))
     decoder = ConditionalNormal(MLP([z_dim, *reversed(hidden), 2 * x_dim], act))
     return VAE(encoder, decoder, StandardNormal(z_dim), (x_dim,), binary=False)

@@ -12,13 +12,14 @@ import torch.nn.functional as F
 from torch.distributions import Distribution, constraints
 from ..core import register_model
 from ..distributions import MLP, ConditionalBernoulli, ConditionalNormal, StandardNormal, check_binary
-from ..dmol import ConditionalDMoL, dmol_params_size, pixels_to_float
+from ..distributions import ConditionalDMoL, dmol_params_size, pixels_to_float
 from ..flows import FlowPrior, check_autoregressive
-from .vae import VAE, _activation, mlp_vae
+from ..blocks import MaskedConv2d, get_activation
+from .vae import VAE, mlp_vae
 
 # %% auto #0
-__all__ = ['mlp_vlae', 'Batched', 'PixelsToFloat', 'conv_vae', 'MaskedConv2d', 'PixelCNNBernoulli', 'ConditionalPixelCNN',
-           'receptive_field', 'check_causal', 'binary_pixelcnn_vae']
+__all__ = ['mlp_vlae', 'Batched', 'PixelsToFloat', 'conv_vae', 'PixelCNNBernoulli', 'ConditionalPixelCNN', 'receptive_field',
+           'check_causal', 'binary_pixelcnn_vae']
 
 # %% ../../nbs/12_vlae.ipynb #d3f413c0
 @register_model("mlp_vlae")
@@ -82,30 +83,6 @@ def conv_vae(x_shape: Sequence[int] = (3, 32, 32), # (C, H, W), C in {1, 3}, H a
         channels=C, n_mix=n_mix)
     pz = StandardNormal(z_dim) if prior == "gaussian" else FlowPrior(z_dim, hidden=flow_hidden, steps=flow_steps, hidden_degrees="random")
     return VAE(encoder, decoder, pz, x_shape, binary=False)
-
-# %% ../../nbs/12_vlae.ipynb #46073703
-class MaskedConv2d(nn.Conv2d):
-    """Convolution that sees only pixels before the centre in raster order ('A'), or also the centre itself ('B').
-    References: van den Oord, Kalchbrenner & Kavukcuoglu, Pixel Recurrent Neural Networks, ICML 2016."""
-    def __init__(self,
-                 in_channels: int, out_channels: int,
-                 kernel_size: int, # odd; padding kernel_size // 2 keeps H and W
-                 mask_type: str = "B", # 'A': centre excluded (first layer), 'B': centre included (later layers)
-                 bias: bool = True,
-                ):
-        if mask_type not in ("A", "B"): raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
-        if int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"MaskedConv2d needs an odd kernel_size (the centre must be a pixel), got {kernel_size}")
-        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
-        c = kernel_size // 2
-        mask = torch.ones(kernel_size, kernel_size)
-        mask[c, c + (mask_type == "B"):] = 0    # the centre row: the centre (A) or what follows it (B)
-        mask[c + 1:] = 0                        # every row below the centre
-        self.register_buffer("mask", mask[None, None])  # (1, 1, k, k): the same for every channel pair
-        self.mask_type = mask_type
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding)  # (N, out, H, W)
 
 # %% ../../nbs/12_vlae.ipynb #a52800d7
 class PixelCNNBernoulli(Distribution):
@@ -250,7 +227,7 @@ def binary_pixelcnn_vae(x_shape: Sequence[int] = (1, 28, 28), # (1, H, W)
                        ) -> VAE:
     """VAE for binary images with a diagonal-Gaussian MLP encoder and a small-receptive-field PixelCNN decoder.
     References: Chen et al., Variational Lossy Autoencoder, ICLR 2017; Gulrajani et al., PixelVAE, ICLR 2017."""
-    act = _activation(activation)
+    act = get_activation(activation)
     if z_dim < 1 or not hidden: raise ValueError(f"need z_dim >= 1 and at least one hidden layer, got z_dim={z_dim}, hidden={hidden}")
     encoder = ConditionalNormal(nn.Sequential(nn.Flatten(), MLP([math.prod(x_shape), *hidden, 2 * z_dim], act)))
     decoder = ConditionalPixelCNN(z_dim, x_shape, channels, kernel, layers, cond_channels, tuple(reversed(hidden)), act)

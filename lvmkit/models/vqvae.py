@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from ..core import register_model
-from ..dmol import ConditionalDMoL, check_pixels, dmol_params_size, pixels_to_float
+from ..distributions import ConditionalDMoL, check_pixels, dmol_params_size, pixels_to_float
 from ..flows import check_autoregressive
 from ..protocol import ELBOTerms, ExactModule, LatentVariableModule
 from .vae import decoder_mean
-from .vlae import MaskedConv2d
+from ..blocks import MaskedConv2d, Residual
 
 # %% auto #0
-__all__ = ['VQOutput', 'VectorQuantizer', 'Residual', 'VQVAE', 'vq_objective', 'CodePrior', 'PixelCNNPrior', 'GatedLayer',
+__all__ = ['VQOutput', 'VectorQuantizer', 'VQVAE', 'vq_objective', 'CodePrior', 'PixelCNNPrior', 'GatedLayer',
            'GatedPixelCNNPrior', 'code_receptive_field', 'check_code_prior']
 
 # %% ../../nbs/15_vqvae.ipynb #0112d269
@@ -120,15 +120,6 @@ class VectorQuantizer(nn.Module):
             n = onehot.sum(0)
             centres = torch.where(n[:, None] > 0, (onehot.t() @ flat) / n.clamp(min=1)[:, None], centres)
         self.codebook.data.copy_(centres); self.ema_sum.copy_(centres); self.ema_count.fill_(1.0); self.idle.zero_()
-
-# %% ../../nbs/15_vqvae.ipynb #15b3c693
-class Residual(nn.Module):
-    "The VQ-VAE paper's residual block: x + conv1x1(relu(conv3x3(relu(x))))."
-    def __init__(self, channels: int, hidden: int | None = None):
-        super().__init__()
-        hidden = hidden or channels
-        self.f = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
-    def forward(self, x: Tensor) -> Tensor: return x + self.f(x)
 
 # %% ../../nbs/15_vqvae.ipynb #449800c3
 class VQVAE(LatentVariableModule):
