@@ -11,7 +11,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'MLP', 'get_activation', 'MaskedConv2d', 'Gate', 'ResBlock', 'Merge', 'data_dependent_init', 'Residual']
+__all__ = ['ACTIVATIONS', 'MLP', 'get_activation', 'MaskedLinear', 'MaskedConv2d', 'Gate', 'ResBlock', 'Merge', 'data_dependent_init', 'Residual']
 
 # %% ../nbs/01a_blocks.ipynb #6f98eb96
 class MLP(nn.Sequential):
@@ -37,6 +37,37 @@ def get_activation(name: str) -> type[nn.Module]:
     "The activation class called `name` (a key of ACTIVATIONS)."
     if name not in ACTIVATIONS: raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+# %% ../nbs/05_flows.ipynb #f2d5eb30
+class MaskedLinear(nn.Linear):
+    "Linear layer with its weight multiplied by a fixed 0/1 mask (out, in), plus an optional unmasked context term."
+    def __init__(self,
+                 in_features: int, out_features: int,
+                 mask: Tensor, # (out_features, in_features), 1 where a connection is allowed
+                 context_features: int | None = None, # size C of an optional context added through an unmasked Linear
+                ):
+        super().__init__(in_features, out_features)
+        if tuple(mask.shape) != (out_features, in_features):
+            raise ValueError(f"mask must have shape (out_features, in_features) = {(out_features, in_features)}, got {tuple(mask.shape)}")
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+        self.reset_parameters()
+        self.context_features = context_features
+        self.context = nn.Linear(context_features, out_features, bias=False) if context_features else None
+
+    def reset_parameters(self) -> None:
+        "Weights uniform in +-1/sqrt(n), n = the unit's number of unmasked inputs; zero bias."
+        if not hasattr(self, "mask"): return super().reset_parameters()    # nn.Linear.__init__ calls this before the mask exists
+        fan_in = self.mask.sum(1, keepdim=True).clamp(min=1)                # (out, 1)
+        with torch.no_grad():
+            self.weight.uniform_(-1, 1).mul_(fan_in.rsqrt())
+            self.bias.zero_()
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        out = F.linear(x, self.weight * self.mask, self.bias)     # (..., out)
+        if (context is None) != (self.context is None):
+            raise ValueError(f"this MaskedLinear has context_features={self.context_features} but got context="
+                             f"{None if context is None else tuple(context.shape)}")
+        return out if self.context is None else out + self.context(context)
 
 # %% ../nbs/12_vlae.ipynb #46073703
 class MaskedConv2d(nn.Conv2d):

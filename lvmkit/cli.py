@@ -66,13 +66,14 @@ def _eval(a: argparse.Namespace) -> dict:
     dataset = a.dataset
     if dataset is None:
         meta = path.parent / "experiment.json"
-        dataset = json.loads(meta.read_text())["dataset"] if meta.is_file() else "binarized_mnist"
+        rec = json.loads(meta.read_text()) if meta.is_file() else {}
+        dataset = rec.get("data", {}).get("dataset", rec.get("dataset", "binarized_mnist"))   # older runs kept it at the top level
     device = _device(a.device)
     model = load_model(path, use_ema=not a.no_ema).to(device)
     data = get_dataset(dataset, a.split, a.data)
     if a.n: data = _subset(data, a.n)
     r = evaluate(model, data, k=a.iw, batch_size=a.batch_size, device=device, progress=not a.no_progress)
-    return dict(checkpoint=str(path), dataset=dataset, split=a.split, **r)
+    return dict(checkpoint=str(path), model=getattr(model, "spec", None), dataset=dataset, split=a.split, **r)
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `lvmkit` console script."

@@ -16,12 +16,15 @@ from .core import atomic_write, build_model, default_device, quick, seed_everyth
 from .data import binarized_mnist, cifar10, mnist
 from .objectives import elbo_objective, evaluate
 from .results import ResultRecord, save_result
-from .training import TrainConfig, first_tensor, fit, load_model
+from .training import TrainConfig, TrainResult, first_tensor, fit, load_model, save_checkpoint
+from .objectives import _batches
+from .protocol import HasFittedPrior, HasMonitor
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['DATASETS', 'EXPERIMENTS', 'OBJECTIVES', 'ALIASES', 'get_dataset', 'Experiment', 'register_experiment',
-           'get_experiment', 'image_grid', 'show_images', 'save_samples', 'run_experiment']
+__all__ = ['DATASETS', 'EXPERIMENTS', 'OBJECTIVES', 'ALIASES', 'get_dataset', 'Data', 'Evaluation', 'Quick', 'PriorStage',
+           'Experiment', 'register_experiment', 'get_experiment', 'image_grid', 'show_images', 'save_samples',
+           'run_experiment', 'fit_prior']
 
 # %% ../nbs/09_experiments.ipynb #7c1ae8b4
 DATASETS: dict[str, Callable[..., Dataset]] = {
@@ -37,8 +40,44 @@ def get_dataset(name: str, split: str, root: str | Path | None = None) -> Datase
 
 # %% ../nbs/09_experiments.ipynb #96c5078c
 @dataclass(frozen=True)
+class Data:
+    "Which data an experiment trains, selects and reports on."
+    dataset: str = "binarized_mnist"            # a key of DATASETS
+    train_split: str = "train"
+    valid_split: str | None = "valid"           # None: no early stopping, evaluate the last (EMA) weights
+    test_split: str = "test"
+    protocol: str = "static binarized MNIST (Larochelle & Murray), train 50k / valid 10k / test 10k"   # said in every record
+    test_n: int | None = None                   # full mode: all of the test split, or n examples spread evenly over it
+
+@dataclass(frozen=True)
+class Evaluation:
+    "How the test number is measured, and what else a run reports."
+    k: tuple[int, ...] = (1000,)                # importance samples; the first is the headline number
+    batch_size: int = 500                       # test images per importance-weighted batch (lower it for large decoders)
+    max_elements: int = 2**25                   # bound on (samples x images x pixels) per network pass: lower it for wide conv nets
+    sample_noise: bool = False                  # samples.png shows decoder means (False) or draws (True: autoregressive decoders)
+    monitor_n: int = 500                        # examples (validation split, else training) for a model's `monitor(x)` diagnostics
+
+@dataclass(frozen=True)
+class Quick:
+    "What quick (CI) mode changes: fewer steps, a test subset, fewer importance samples. Its records say mode='quick'."
+    train: dict = field(default_factory=dict)   # TrainConfig fields replaced in quick mode
+    test_n: int = 1000                          # n test (and validation) examples spread evenly over the split
+    k: tuple[int, ...] = (100,)
+    prior_n: int = 512                          # training examples encoded for a prior stage (full mode: all of them)
+
+@dataclass(frozen=True)
+class PriorStage:
+    "Stage 2 of a two-stage model: fit a prior over the latents of the trained first stage, then make it part of the model."
+    name: str                                   # suffix of its run folder and record, e.g. "gated"
+    model: str                                  # registered prior builder, e.g. "gated_pixelcnn_prior"
+    model_kwargs: dict = field(default_factory=dict)   # besides what the first stage fixes (model.prior_arguments())
+    train: TrainConfig = field(default_factory=TrainConfig)
+    quick_train: dict = field(default_factory=dict)    # TrainConfig fields replaced in quick mode
+
+@dataclass(frozen=True)
 class Experiment:
-    "Everything needed to reproduce one reported result."
+    "Everything needed to reproduce one reported result: the model, its training, the data, the evaluation, and the published numbers beside it."
     name: str                                   # results-record and run-folder name
     description: str                            # one line for tables and logs
     model: str                                  # registered model builder (lvmkit.core.MODELS)
@@ -46,25 +85,23 @@ class Experiment:
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: dict = field(default_factory=dict)   # keyword arguments of the loss (OBJECTIVES[loss]), e.g. of elbo_objective
     loss: str = "elbo"                          # a key of OBJECTIVES: which loss_fn factory trains the model
-    dataset: str = "binarized_mnist"
-    train_split: str = "train"
-    valid_split: str | None = "valid"           # None: no early stopping, evaluate the last (EMA) weights
-    test_split: str = "test"
-    protocol: str = "static binarized MNIST (Larochelle & Murray), train 50k / valid 10k / test 10k"
-    eval_k: tuple[int, ...] = (1000,)           # importance samples; the first is the headline number
-    quick_train: dict = field(default_factory=dict) # TrainConfig fields replaced in quick mode
-    quick_test_n: int = 1000                    # quick mode evaluates n test examples spread evenly over the split
-    test_n: int | None = None                   # full mode: all of the test split, or n examples spread evenly over it
-    eval_batch_size: int = 500                  # test images per importance-weighted batch (lower it for large decoders)
-    eval_max_elements: int = 2**25              # bound on (samples x images x pixels) per network pass in evaluation: lower it for wide conv nets
-    sample_noise: bool = False                  # samples.png shows decoder means (False) or draws (True: autoregressive decoders)
-    quick_k: tuple[int, ...] = (100,)
-    monitor_n: int = 500                        # examples (validation split, else training) for a model's `monitor(x)` diagnostics
+    data: Data = field(default_factory=Data)
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    quick: Quick = field(default_factory=Quick)
+    prior: PriorStage | None = None             # a second stage (e.g. a PixelCNN over VQ codes); the final model includes it
     reference: dict = field(default_factory=dict)   # published numbers {label: nats}
 
-    def quick(self) -> "Experiment":
+    def __post_init__(self):
+        for name, cls in [("train", TrainConfig), ("data", Data), ("evaluation", Evaluation), ("quick", Quick)]:
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"Experiment.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.prior is not None and not isinstance(self.prior, PriorStage): raise TypeError("Experiment.prior must be a PriorStage or None")
+
+    def as_quick(self) -> "Experiment":
         "The quick (CI) version of this experiment."
-        return replace(self, name=self.name + "-quick", train=replace(self.train, **self.quick_train), eval_k=self.quick_k)
+        prior = None if self.prior is None else replace(self.prior, train=replace(self.prior.train, **self.prior.quick_train))
+        return replace(self, name=self.name + "-quick", train=replace(self.train, **self.quick.train),
+                       evaluation=replace(self.evaluation, k=self.quick.k), prior=prior)
 
 EXPERIMENTS: dict[str, Experiment] = {}
 OBJECTIVES: dict[str, Callable[..., Callable]] = {"elbo": elbo_objective}   # loss_fn factories; chapters add theirs (e.g. "vq")
@@ -110,31 +147,56 @@ def save_samples(model: nn.Module, path: str | Path, n: int = 64, noise: bool = 
     save_image(image_grid(x, nrow=int(math.sqrt(n))), path)
     return path
 
+def _splits(exp: Experiment, quick_mode: bool, data_root: str | Path | None) -> tuple[Dataset, Dataset | None, Dataset]:
+    "The train, validation (or None) and test sets of `exp`, with quick mode's or the recipe's test subset."
+    d = exp.data
+    train = get_dataset(d.dataset, d.train_split, data_root)
+    valid = get_dataset(d.dataset, d.valid_split, data_root) if d.valid_split else None
+    test = get_dataset(d.dataset, d.test_split, data_root)
+    if quick_mode: test, valid = _subset(test, exp.quick.test_n), (_subset(valid, exp.quick.test_n) if valid is not None else None)
+    elif d.test_n is not None: test = _subset(test, d.test_n)
+    return train, valid, test
+
+def _monitor(model: nn.Module, exp: Experiment, data: Dataset, device: torch.device) -> Callable | None:
+    "A model's own diagnostics (e.g. active units) on a fixed batch, for `fit` to log at every evaluation; None if it has none."
+    if not isinstance(model, HasMonitor): return None
+    xm = torch.stack([first_tensor(b) for b in _subset(data, exp.evaluation.monitor_n)]).to(device)
+    return lambda m: m.monitor(xm)
+
+def _evaluate_and_record(model: nn.Module, exp: Experiment, name: str, test: Dataset, ks: tuple[int, ...], quick_mode: bool,
+                         device: torch.device, progress: bool, run_dir: Path, steps: int, train_time_s: float, examples_per_s: float,
+                         config: dict) -> tuple[dict, list[ResultRecord]]:
+    "Evaluate `model` on `test` for each K in `ks` and make one results record per K (named `name`, then `name-iwK`)."
+    ev = exp.evaluation
+    evals = {k: evaluate(model, test, k=k, batch_size=ev.batch_size, device=device, progress=progress, max_elements=ev.max_elements) for k in ks}
+    suffix = (f" (quick: {{n}} evenly spread test examples)" if quick_mode else f" ({{n}} evenly spread test examples)" if exp.data.test_n is not None else "")
+    records = [ResultRecord.from_run(
+        run_device=device, name=name if i == 0 else f"{name}-iw{k}", model=config.get("model", exp.model), dataset=exp.data.dataset,
+        protocol=exp.data.protocol + suffix.format(n=r["n"]), split=exp.data.test_split, metric="nll_nats", value=r["nll"], k=k,
+        test_elbo=r["elbo"], bpd=r["bpd"], steps=steps, wall_time_s=train_time_s, train_examples_per_s=examples_per_s,
+        eval_time_s=r["seconds"], mode="quick" if quick_mode else "full", notes=exp.description, config=config, reference=exp.reference)
+        for i, (k, r) in enumerate(evals.items())]
+    return evals, records
+
 def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: str | Path | None = None,
                    run_dir: str | Path | None = None, results_dir: str | Path | None = None,
                    device: torch.device | str | None = None, progress: bool = True, resume: bool = True,
                    max_time_s: float | None = None) -> dict[str, Any]:
-    "Train, evaluate and record `exp`; returns a summary dict (and `finished=False` if stopped by `max_time_s`)."
+    "Train, evaluate and record `exp` (and its prior stage, if any); returns a summary dict (`finished=False` if stopped by `max_time_s`)."
+    t_start = time.monotonic()
     quick_mode = quick() if quick_mode is None else quick_mode
-    if quick_mode: exp = exp.quick()
+    if quick_mode: exp = exp.as_quick()
+    if exp.loss not in OBJECTIVES: raise ValueError(f"unknown loss {exp.loss!r}; registered: {sorted(OBJECTIVES)}")
     device = torch.device(device) if device is not None else default_device()
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / exp.name
     seed_everything(exp.train.seed)
-    train = get_dataset(exp.dataset, exp.train_split, data_root)
-    valid = get_dataset(exp.dataset, exp.valid_split, data_root) if exp.valid_split else None
-    test = get_dataset(exp.dataset, exp.test_split, data_root)
-    if quick_mode: test, valid = _subset(test, exp.quick_test_n), (_subset(valid, exp.quick_test_n) if valid is not None else None)
-    elif exp.test_n is not None: test = _subset(test, exp.test_n)
+    train, valid, test = _splits(exp, quick_mode, data_root)
     model = build_model(exp.model, **exp.model_kwargs)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "experiment.json", json.dumps(asdict(exp), indent=1, default=str) + "\n")
-    monitor = None
-    if hasattr(model, "monitor"):   # a model's own diagnostics (e.g. active units), on a fixed batch, at every evaluation
-        xm = torch.stack([first_tensor(b) for b in _subset(valid if valid is not None else train, exp.monitor_n)]).to(device)
-        monitor = lambda m: m.monitor(xm)
-    if exp.loss not in OBJECTIVES: raise ValueError(f"unknown loss {exp.loss!r}; registered: {sorted(OBJECTIVES)}")
     res = fit(model, train, valid, exp.train, loss_fn=OBJECTIVES[exp.loss](**exp.objective), run_dir=run_dir,
-              resume=resume, device=device, progress=progress, max_time_s=max_time_s, monitor=monitor)
+              resume=resume, device=device, progress=progress, max_time_s=max_time_s,
+              monitor=_monitor(model, exp, valid if valid is not None else train, device))
     summary: dict[str, Any] = dict(name=exp.name, finished=res.finished, steps=res.steps, run_dir=str(run_dir),
                                    train_wall_time_s=res.total_time_s, train_examples_per_s=res.total_examples_per_s,
                                    stopped_early=res.stopped_early, best_step=res.best_step)
@@ -142,24 +204,60 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0: return summary  # rank 0 evaluates and writes
     ckpt = run_dir / ("best.pt" if valid is not None and (run_dir / "best.pt").exists() else "last.pt")
     model = load_model(ckpt).to(device)
-    evals = {k: evaluate(model, test, k=k, batch_size=exp.eval_batch_size, device=device, progress=progress, max_elements=exp.eval_max_elements)
-             for k in exp.eval_k}
-    head = evals[exp.eval_k[0]]
-    save_samples(model, run_dir / "samples.png", noise=exp.sample_noise)
+    config = dict(model_kwargs=exp.model_kwargs, train=asdict(exp.train), objective=exp.objective, checkpoint=ckpt.name, best_step=res.best_step)
+    evals, records = _evaluate_and_record(model, exp, exp.name, test, exp.evaluation.k, quick_mode, device, progress, run_dir,
+                                          res.steps, res.total_time_s, res.total_examples_per_s, config)
+    head = evals[exp.evaluation.k[0]]
+    save_samples(model, run_dir / "samples.png", noise=exp.evaluation.sample_noise)
     summary.update(checkpoint=str(ckpt), test_elbo=head["elbo"], **{f"test_nll_iw{k}": r["nll"] for k, r in evals.items()},
                    eval_time_s={k: r["seconds"] for k, r in evals.items()}, test_n=head["n"])
-    records = []
-    for i, (k, r) in enumerate(evals.items()):
-        records.append(ResultRecord.from_run(
-            run_device=device, name=exp.name if i == 0 else f"{exp.name}-iw{k}", model=exp.model, dataset=exp.dataset,
-            protocol=exp.protocol + (f" (quick: {r['n']} evenly spread test examples)" if quick_mode
-                                            else f" ({r['n']} evenly spread test examples)" if exp.test_n is not None else ""),
-            split=exp.test_split, metric="nll_nats", value=r["nll"], k=k, test_elbo=r["elbo"], bpd=r["bpd"],
-            steps=res.steps, wall_time_s=res.total_time_s, train_examples_per_s=res.total_examples_per_s,
-            eval_time_s=r["seconds"], mode="quick" if quick_mode else "full", notes=exp.description,
-            config=dict(model_kwargs=exp.model_kwargs, train=asdict(exp.train), objective=exp.objective,
-                        checkpoint=ckpt.name, best_step=res.best_step), reference=exp.reference))
+    if exp.prior is not None:                                                            # stage 2: the prior, then the whole model
+        left = None if max_time_s is None else max(1.0, max_time_s - (time.monotonic() - t_start))
+        stage = exp.prior
+        prior_train = _subset(train, exp.quick.prior_n) if quick_mode else train
+        pres = fit_prior(model, stage, prior_train, run_dir / f"prior-{stage.name}", device=device, progress=progress, resume=resume, max_time_s=left)
+        summary.update(prior_finished=pres.finished, prior_steps=pres.steps)
+        if not pres.finished: summary["finished"] = False; return summary
+        final = save_checkpoint(run_dir / "final.pt", model=model.state_dict(), spec=model.spec)   # restores with its prior: load_model(final)
+        steps, t_train = res.steps + pres.steps, res.total_time_s + pres.total_time_s
+        pconfig = dict(config, model=f"{exp.model}+{stage.model}", checkpoint=final.name, prior=stage.model, prior_kwargs=stage.model_kwargs,
+                       prior_train=asdict(stage.train))
+        per_s = (res.steps * exp.train.batch_size + pres.steps * stage.train.batch_size) / max(t_train, 1e-9)   # images, then code grids
+        pevals, precords = _evaluate_and_record(model, exp, f"{exp.name}-{stage.name}", test, exp.evaluation.k[:1], quick_mode, device,
+                                                progress, run_dir, steps, t_train, per_s, pconfig)
+        records += precords
+        r = pevals[exp.evaluation.k[0]]
+        save_samples(model, run_dir / f"samples-{stage.name}.png", noise=exp.evaluation.sample_noise)
+        summary.update(final_checkpoint=str(final), prior_test_elbo=r["elbo"], prior_test_nll=r["nll"], prior_test_bpd=r["bpd"],
+                       prior_train_wall_time_s=pres.total_time_s)
     atomic_write(run_dir / "result.json", json.dumps([asdict(r) for r in records], indent=1) + "\n")
     if results_dir is not None:
         for r in records: save_result(r, results_dir)
     return summary
+
+# %% ../nbs/09_experiments.ipynb #eec44ea3
+@torch.no_grad()
+def _prior_latents(model: nn.Module, data: Dataset | Tensor, device: torch.device, batch_size: int = 500) -> Tensor:
+    "model.prior_data(x) for every example of `data`, on the CPU: the training set of the prior."
+    model.eval()
+    return torch.cat([model.prior_data(x).cpu() for x in _batches(data, batch_size, device)])
+
+def fit_prior(model: nn.Module, # a trained first stage that satisfies HasFittedPrior (e.g. a VQ-VAE)
+              stage: PriorStage, # which prior, its arguments and its TrainConfig
+              data: Dataset | Tensor | None = None, # training examples of the first stage (encoded here), or
+              run_dir: str | Path | None = None, # the prior's run folder (checkpoints, log; resumable)
+              latents: Tensor | None = None, # ... the latents already computed (model.prior_data of the training set)
+              device: torch.device | str | None = None, progress: bool = True, resume: bool = True, max_time_s: float | None = None,
+             ) -> TrainResult:
+    "Stage 2: fit the prior of `stage` to the first stage's latents with `fit`, then attach it (model.set_prior); returns fit's result."
+    if not isinstance(model, HasFittedPrior):
+        raise TypeError(f"{type(model).__name__} cannot take a fitted prior: it needs prior_data(x), prior_arguments() and set_prior(prior)")
+    if (data is None) == (latents is None): raise ValueError("pass either the training data or the latents, not both or neither")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if latents is None: latents = _prior_latents(model, data, device)
+    seed_everything(stage.train.seed)
+    prior = build_model(stage.model, **model.prior_arguments(), **stage.model_kwargs)
+    res = fit(prior, TensorDataset(latents), None, stage.train, run_dir=run_dir, device=device, progress=progress,
+              resume=resume, max_time_s=max_time_s)
+    if res.finished: model.set_prior(res.model.eval())
+    return res

@@ -10,12 +10,12 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from torch.distributions import Distribution, Independent, Normal, constraints, register_kl
-from .distributions import MLP, StandardNormal
+from .blocks import MLP, MaskedLinear   # MaskedLinear: defined on this page, exported into lvmkit.blocks
+from .distributions import StandardNormal
 
 # %% auto #0
-__all__ = ['Transform', 'Compose', 'Reverse', 'Permute', 'Reshape', 'check_transform', 'ActNorm', 'MaskedLinear', 'MADE',
-           'check_autoregressive', 'AffineAutoregressive', 'FlowDistribution', 'InverseFlowDistribution',
-           'ConditionalIAF', 'FlowPrior', 'Flow']
+__all__ = ['Transform', 'Compose', 'Reverse', 'Permute', 'Reshape', 'check_transform', 'ActNorm', 'MADE', 'check_autoregressive',
+           'AffineAutoregressive', 'FlowDistribution', 'InverseFlowDistribution', 'ConditionalIAF', 'FlowPrior', 'Flow']
 
 # %% ../nbs/05_flows.ipynb #7a51bce1
 def _check_inputs(owner: str, x: Tensor, features: int | None, context: Tensor | None = None,
@@ -285,37 +285,6 @@ class ActNorm(Transform):
         if xf.shape[1] < 2: raise ValueError(f"ActNorm.data_init needs at least 2 values per feature, got x of shape {tuple(x.shape)}")
         self.log_scale.copy_(-xf.std(1).clamp(min=1e-6).log())
         self.shift.copy_(-xf.mean(1) * self.log_scale.exp())
-
-# %% ../nbs/05_flows.ipynb #f2d5eb30
-class MaskedLinear(nn.Linear):
-    "Linear layer with its weight multiplied by a fixed 0/1 mask (out, in), plus an optional unmasked context term."
-    def __init__(self,
-                 in_features: int, out_features: int,
-                 mask: Tensor, # (out_features, in_features), 1 where a connection is allowed
-                 context_features: int | None = None, # size C of an optional context added through an unmasked Linear
-                ):
-        super().__init__(in_features, out_features)
-        if tuple(mask.shape) != (out_features, in_features):
-            raise ValueError(f"mask must have shape (out_features, in_features) = {(out_features, in_features)}, got {tuple(mask.shape)}")
-        self.register_buffer("mask", mask.to(self.weight.dtype))
-        self.reset_parameters()
-        self.context_features = context_features
-        self.context = nn.Linear(context_features, out_features, bias=False) if context_features else None
-
-    def reset_parameters(self) -> None:
-        "Weights uniform in +-1/sqrt(n), n = the unit's number of unmasked inputs; zero bias."
-        if not hasattr(self, "mask"): return super().reset_parameters()    # nn.Linear.__init__ calls this before the mask exists
-        fan_in = self.mask.sum(1, keepdim=True).clamp(min=1)                # (out, 1)
-        with torch.no_grad():
-            self.weight.uniform_(-1, 1).mul_(fan_in.rsqrt())
-            self.bias.zero_()
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        out = F.linear(x, self.weight * self.mask, self.bias)     # (..., out)
-        if (context is None) != (self.context is None):
-            raise ValueError(f"this MaskedLinear has context_features={self.context_features} but got context="
-                             f"{None if context is None else tuple(context.shape)}")
-        return out if self.context is None else out + self.context(context)
 
 # %% ../nbs/05_flows.ipynb #936c6a7e
 def _ordering(ordering: str | Sequence[int] | Tensor, features: int, generator: torch.Generator) -> Tensor:

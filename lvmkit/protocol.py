@@ -11,8 +11,8 @@ import torch
 from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['ELBOTerms', 'GenerativeModel', 'LatentVariableModel', 'HasDataInit', 'HasMonitor', 'HasReconstruct', 'HasInputCheck',
-           'LatentVariableModule', 'ExactModule']
+__all__ = ['ELBOTerms', 'GenerativeModel', 'LatentVariableModel', 'HasLogProb', 'HasDataInit', 'HasMonitor', 'HasReconstruct',
+           'HasInputCheck', 'HasFittedPrior', 'LatentVariableModule', 'ExactModule']
 
 # %% ../nbs/02a_protocol.ipynb #b6960656
 @dataclass
@@ -48,6 +48,11 @@ class LatentVariableModel(GenerativeModel, Protocol):
     def elbo_terms(self, x: Tensor, n_samples: int | None = None, analytic_kl: bool = False) -> ELBOTerms: ...
 
 @runtime_checkable
+class HasLogProb(Protocol):
+    "The least `fit` needs for its default loss and validation score: log p(x), or a bound on it."
+    def log_prob(self, x: Tensor) -> Tensor: ...            # (B,)
+
+@runtime_checkable
 class HasDataInit(Protocol):
     "Optional: a data-dependent initialisation that `fit` runs on the first batch of a fresh run."
     def data_init(self, x: Tensor) -> None: ...
@@ -66,6 +71,13 @@ class HasReconstruct(Protocol):
 class HasInputCheck(Protocol):
     "Optional: raise a ValueError naming the problem when x is not valid input for this model."
     def check_input(self, x: Tensor) -> None: ...
+
+@runtime_checkable
+class HasFittedPrior(Protocol):
+    "Optional: a model trained in two stages, whose prior over its latents is fitted afterwards (lvmkit.experiments.fit_prior)."
+    def prior_data(self, x: Tensor) -> Tensor: ...        # the latents of x that the prior models (e.g. VQ codes)
+    def prior_arguments(self) -> dict: ...                 # what the first stage fixes for the prior (e.g. n_codes, grid)
+    def set_prior(self, prior: nn.Module | None) -> None: ...   # take the prior in, and record its spec in the model's own
 
 # %% ../nbs/02a_protocol.ipynb #89569cf0
 class LatentVariableModule(nn.Module):

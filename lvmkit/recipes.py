@@ -5,11 +5,11 @@
 # %% ../nbs/09a_recipes.ipynb #f926b97f
 from __future__ import annotations
 from .training import TrainConfig
-from .experiments import OBJECTIVES, Experiment, register_experiment
+from .experiments import OBJECTIVES, Data, Evaluation, Experiment, PriorStage, Quick, register_experiment
 from .models.vqvae import vq_objective
 
 # %% auto #0
-__all__ = ['MNIST_PROTOCOL', 'SEED_MEANFIELD', 'VAE_MLP', 'VAE_LATENT2', 'SEED_IAF', 'IAF_MLP', 'VLAE_MLP', 'CIFAR_PROTOCOL', 'VLAE_CIFAR10', 'LOSSY', 'LVAE_PROTOCOL', 'CIFAR_LVAE_PROTOCOL', 'SEED_DOWNSAMPLE', 'SEED_NLL', 'LVAE_MNIST', 'LVAE_CIFAR10', 'CPU_MODEL', 'LVAE_MNIST_CPU', 'LVAE_CIFAR10_CPU', 'CIFAR_VQ_PROTOCOL', 'VQVAE_CIFAR10', 'VQVAE_CIFAR10_CPU', 'GPU_PRIORS', 'CPU_PRIORS']
+__all__ = ['MNIST_PROTOCOL', 'SEED_MEANFIELD', 'VAE_MLP', 'VAE_LATENT2', 'SEED_IAF', 'IAF_MLP', 'VLAE_MLP', 'CIFAR_PROTOCOL', 'VLAE_CIFAR10', 'LOSSY', 'LVAE_PROTOCOL', 'CIFAR_LVAE_PROTOCOL', 'SEED_DOWNSAMPLE', 'SEED_NLL', 'LVAE_MNIST', 'LVAE_CIFAR10', 'CPU_MODEL', 'LVAE_MNIST_CPU', 'LVAE_CIFAR10_CPU', 'CIFAR_VQ_PROTOCOL', 'GPU_PRIORS', 'CPU_PRIORS', 'VQVAE_CIFAR10', 'VQVAE_CIFAR10_CPU']
 
 # %% ../nbs/10_vae.ipynb #75d74d80
 MNIST_PROTOCOL = "static binarized MNIST (Larochelle & Murray), train 50k / valid 10k (checkpoint selection) / test 10k"
@@ -19,8 +19,10 @@ SEED_MEANFIELD = register_experiment(Experiment(
     description="seed configuration (altosaar/variational-autoencoder, mean-field): MLP 256-256 ReLU, z=128, RMSprop 1e-3 (torch's, not centred), batch 128, MC KL, 65k steps",
     model="mlp_vae", model_kwargs=dict(z_dim=128, hidden=(256, 256), activation="relu"),
     train=TrainConfig(steps=65_000, batch_size=128, lr=1e-3, optimizer="rmsprop", eval_every=5_000, log_every=500),
-    objective=dict(analytic_kl=False), protocol=MNIST_PROTOCOL, eval_k=(128, 1000),
-    quick_train=dict(steps=300, eval_every=100, log_every=50), quick_k=(128,),
+    objective=dict(analytic_kl=False),
+    data=Data(protocol=MNIST_PROTOCOL),
+    evaluation=Evaluation(k=(128, 1000)),
+    quick=Quick(train=dict(steps=300, eval_every=100, log_every=50), k=(128,)),
     reference={"seed: IW-128, early-stopped at 65k steps": 97.10, "seed: IW-128 after 30k steps (newer README)": 100.31}))
 
 VAE_MLP = register_experiment(Experiment(
@@ -29,8 +31,10 @@ VAE_MLP = register_experiment(Experiment(
     model="mlp_vae", model_kwargs=dict(z_dim=50, hidden=(512, 512), activation="elu"),
     train=TrainConfig(steps=100_000, batch_size=128, lr=1e-3, lr_schedule="cosine", lr_final=0.05, ema_decay=0.999,
                       eval_every=5_000, log_every=500),
-    objective=dict(analytic_kl=True, warmup_steps=5_000), protocol=MNIST_PROTOCOL, eval_k=(1000, 128),
-    quick_train=dict(steps=400, eval_every=200, log_every=50), quick_k=(100,),
+    objective=dict(analytic_kl=True, warmup_steps=5_000),
+    data=Data(protocol=MNIST_PROTOCOL),
+    evaluation=Evaluation(k=(1000, 128)),
+    quick=Quick(train=dict(steps=400, eval_every=200, log_every=50), k=(100,)),
     reference={"DLGM / VAE (Rezende et al. 2014), as listed by pythae": 89.9, "pythae VAE reproduction, 200 IS": 89.78,
                "IWAE k=50 reference, as listed by pythae": 87.1}), alias="vae")
 
@@ -40,8 +44,10 @@ VAE_LATENT2 = register_experiment(Experiment(
     model="mlp_vae", model_kwargs=dict(z_dim=2, hidden=(512, 512), activation="elu"),
     train=TrainConfig(steps=20_000, batch_size=128, lr=1e-3, lr_schedule="cosine", lr_final=0.05, ema_decay=0.999,
                       eval_every=5_000, log_every=500),
-    objective=dict(analytic_kl=True), protocol=MNIST_PROTOCOL, eval_k=(1000,),
-    quick_train=dict(steps=300, eval_every=150, log_every=50), quick_k=(100,)))
+    objective=dict(analytic_kl=True),
+    data=Data(protocol=MNIST_PROTOCOL),
+    evaluation=Evaluation(k=(1000,)),
+    quick=Quick(train=dict(steps=300, eval_every=150, log_every=50), k=(100,))))
 
 # %% ../nbs/11_iaf.ipynb #da9f18dc
 SEED_IAF = register_experiment(Experiment(
@@ -49,8 +55,10 @@ SEED_IAF = register_experiment(Experiment(
     description="seed configuration (altosaar/variational-autoencoder, IAF): MLP 256-256 ReLU, z=128, context 128, 2 gated IAF steps (MADE 256-256), RMSprop 1e-3 (torch's, not centred), batch 128, MC KL, 65k steps (the mean-field seed run's budget)",
     model="iaf_vae", model_kwargs=dict(z_dim=128, hidden=(256, 256), activation="relu", steps=2, made_hidden=(256, 256), context_features=128),
     train=TrainConfig(steps=65_000, batch_size=128, lr=1e-3, optimizer="rmsprop", eval_every=5_000, log_every=500),
-    objective=dict(analytic_kl=False), protocol=MNIST_PROTOCOL, eval_k=(128, 1000),
-    quick_train=dict(steps=300, eval_every=100, log_every=50), quick_k=(128,),
+    objective=dict(analytic_kl=False),
+    data=Data(protocol=MNIST_PROTOCOL),
+    evaluation=Evaluation(k=(128, 1000)),
+    quick=Quick(train=dict(steps=300, eval_every=100, log_every=50), k=(128,)),
     reference={"seed: IW-128, early-stopped at 150k steps": 95.33, "seed (jax): IW-128 after 30k steps (newer README)": 97.62}),
     alias="iaf")
 
@@ -60,8 +68,10 @@ IAF_MLP = register_experiment(Experiment(
     model="iaf_vae", model_kwargs=dict(z_dim=50, hidden=(512, 512), activation="elu", steps=4, made_hidden=(256, 256), context_features=50),
     train=TrainConfig(steps=50_000, batch_size=128, lr=1e-3, lr_schedule="cosine", lr_final=0.05, ema_decay=0.999,
                       eval_every=5_000, log_every=500),
-    objective=dict(analytic_kl=False, warmup_steps=5_000), protocol=MNIST_PROTOCOL, eval_k=(1000, 128),
-    quick_train=dict(steps=300, eval_every=150, log_every=50), quick_k=(100,),
+    objective=dict(analytic_kl=False, warmup_steps=5_000),
+    data=Data(protocol=MNIST_PROTOCOL),
+    evaluation=Evaluation(k=(1000, 128)),
+    quick=Quick(train=dict(steps=300, eval_every=150, log_every=50), k=(100,)),
     reference={"IAF paper, ResNet VAE with IAF (large conv model)": 79.88}))
 
 # %% ../nbs/12_vlae.ipynb #08c3ee44
@@ -71,8 +81,10 @@ VLAE_MLP = register_experiment(Experiment(
     model="mlp_vlae", model_kwargs=dict(z_dim=50, hidden=(512, 512), activation="elu", flow_hidden=(512, 512), flow_steps=2),
     train=TrainConfig(steps=40_000, batch_size=128, lr=1e-3, lr_schedule="cosine", lr_final=0.05, ema_decay=0.999,
                       eval_every=5_000, log_every=500),
-    objective=dict(analytic_kl=False, warmup_steps=5_000), protocol=MNIST_PROTOCOL, eval_k=(1000, 128),
-    quick_train=dict(steps=300, eval_every=150, log_every=50), quick_k=(100,),
+    objective=dict(analytic_kl=False, warmup_steps=5_000),
+    data=Data(protocol=MNIST_PROTOCOL),
+    evaluation=Evaluation(k=(1000, 128)),
+    quick=Quick(train=dict(steps=300, eval_every=150, log_every=50), k=(100,)),
     reference={"VLAE paper, AF prior + PixelCNN decoder (large model)": 79.03, "IAF paper, ResNet VAE + IAF": 79.88}), alias="vlae")
 
 CIFAR_PROTOCOL = "CIFAR-10, train 50k (no validation split: the last EMA weights), test split; bits/dim on 8-bit pixels (discrete likelihood)"
@@ -81,17 +93,22 @@ VLAE_CIFAR10 = register_experiment(Experiment(
     description="seed image setting (henrhoi/vae-pytorch VLAE) with a discrete likelihood: conv VAE z=16, AF prior (MADE 512-512, random degrees), DMoL decoder (10 components), Adam 1e-3, batch 64, 3000 steps, MC KL, EMA 0.999",
     model="conv_vae", model_kwargs=dict(z_dim=16, prior="flow", n_mix=10),
     train=TrainConfig(steps=3_000, batch_size=64, lr=1e-3, ema_decay=0.999, log_every=100),
-    objective=dict(analytic_kl=False), dataset="cifar10", valid_split=None, protocol=CIFAR_PROTOCOL,
-    eval_k=(100,), test_n=2000, eval_batch_size=100, quick_train=dict(steps=20, batch_size=16, log_every=10), quick_test_n=50, quick_k=(5,),
+    objective=dict(analytic_kl=False),
+    data=Data(dataset="cifar10", valid_split=None, protocol=CIFAR_PROTOCOL, test_n=2000),
+    evaluation=Evaluation(k=(100,), batch_size=100),
+    quick=Quick(train=dict(steps=20, batch_size=16, log_every=10), test_n=50, k=(5,)),
     reference={"VLAE paper, CIFAR-10 (large model, bits/dim)": 2.95}))
 
 def _lossy(name: str, model: str, kwargs: dict, what: str) -> Experiment:
     return register_experiment(Experiment(
-        name=name, description=f"lossy-code study, {what}: encoder z=32, MLP 512-512 ELU, Adam 1e-3, batch 128, 4000 steps, KL warm-up 1000 steps",
+        name=name,
+        description=f"lossy-code study, {what}: encoder z=32, MLP 512-512 ELU, Adam 1e-3, batch 128, 4000 steps, KL warm-up 1000 steps",
         model=model, model_kwargs=dict(z_dim=32, hidden=(512, 512), activation="elu", **kwargs),
         train=TrainConfig(steps=4_000, batch_size=128, lr=1e-3, eval_every=1_000, log_every=100),
-        objective=dict(analytic_kl=model == "mlp_vae", warmup_steps=1_000), protocol=MNIST_PROTOCOL, eval_k=(100,), test_n=2000, eval_batch_size=100,
-        sample_noise=model != "mlp_vae", quick_train=dict(steps=60, eval_every=30, log_every=10), quick_test_n=100, quick_k=(5,)))
+        objective=dict(analytic_kl=model == "mlp_vae", warmup_steps=1_000),
+        data=Data(protocol=MNIST_PROTOCOL, test_n=2000),
+        evaluation=Evaluation(k=(100,), batch_size=100, sample_noise=model != "mlp_vae"),
+        quick=Quick(train=dict(steps=60, eval_every=30, log_every=10), test_n=100, k=(5,))))
 
 LOSSY = [_lossy("lossy-factorized", "mlp_vae", {}, "factorised Bernoulli decoder"),
          _lossy("lossy-pixelcnn-rf4", "pixelcnn_vae", dict(channels=32, kernel=3, layers=0), "PixelCNN decoder, kernel 3, no further layers (4 earlier pixels)"),
@@ -102,7 +119,7 @@ LVAE_PROTOCOL = "static binarized MNIST (Larochelle & Murray), trained on train 
 CIFAR_LVAE_PROTOCOL = "CIFAR-10, train 50k, test split; bits/dim on 8-bit pixels (discrete likelihood)"
 SEED_DOWNSAMPLE = {3: (1, 1, 1), 6: (0, 1, 0, 1, 0, 1), 12: (0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0)}
 SEED_NLL = {3: (82.14, 79.47, 79.24), 6: (80.74, 78.65, 78.52), 12: (80.50, 78.50, 78.30)}   # -ELBO, IW-100, IW-1000 (README)
-_QUICK = dict(quick_train=dict(steps=30, batch_size=16, eval_every=15, log_every=5), quick_test_n=16, quick_k=(4,), monitor_n=32)
+_QUICK = Quick(train=dict(steps=30, batch_size=16, eval_every=15, log_every=5), test_n=16, k=(4,))
 
 def _seed_mnist(layers: int) -> Experiment:
     fb = 0.5 if layers <= 6 else 1.0
@@ -111,8 +128,10 @@ def _seed_mnist(layers: int) -> Experiment:
         description=f"seed recipe (addtt/ladder-vae-pytorch): {layers} layers x 32 latent channels, 64 channels, 4 gated res blocks, skip, learned top prior, data-dependent init, dropout 0.2, Adamax 3e-4, batch 64, free bits {fb} per layer and example, 500k steps (one GPU)",
         model="lvae", model_kwargs=dict(z_channels=(32,) * layers, downsample=SEED_DOWNSAMPLE[layers]),
         train=TrainConfig(steps=500_000, batch_size=64, lr=3e-4, optimizer="adamax", eval_every=25_000, log_every=1_000),
-        objective=dict(free_bits=fb, free_bits_mode="example"), train_split="train+valid", valid_split=None,
-        protocol=LVAE_PROTOCOL, eval_k=(1000, 100), eval_batch_size=50, eval_max_elements=2**23, **_QUICK,
+        objective=dict(free_bits=fb, free_bits_mode="example"),
+        data=Data(train_split="train+valid", valid_split=None, protocol=LVAE_PROTOCOL),
+        evaluation=Evaluation(k=(1000, 100), batch_size=50, max_elements=2**23, monitor_n=32),
+        quick=_QUICK,
         reference={f"seed, {layers} layers, IW-1000 (mean of 4 seeds)": SEED_NLL[layers][2],
                    f"seed, {layers} layers, IW-100": SEED_NLL[layers][1]}))
 
@@ -122,8 +141,10 @@ LVAE_CIFAR10 = register_experiment(Experiment(
     description="seed recipe, CIFAR-10: 15 layers x 32 latent channels, 64 channels, 4 gated res blocks, skip, learned top prior, data-dependent init, dropout 0.2, DMoL 10 components, Adamax 3e-4, batch 64, free bits 1.0, 1M steps (one GPU)",
     model="lvae", model_kwargs=dict(x_shape=(3, 32, 32), likelihood="dmol", z_channels=(32,) * 15, downsample=(0, 0, 0, 0, 1) * 3),
     train=TrainConfig(steps=1_000_000, batch_size=64, lr=3e-4, optimizer="adamax", eval_every=50_000, log_every=1_000),
-    objective=dict(free_bits=1.0, free_bits_mode="example"), dataset="cifar10", valid_split=None, protocol=CIFAR_LVAE_PROTOCOL,
-    eval_k=(100,), eval_batch_size=20, eval_max_elements=2**23, sample_noise=True, **_QUICK,
+    objective=dict(free_bits=1.0, free_bits_mode="example"),
+    data=Data(dataset="cifar10", valid_split=None, protocol=CIFAR_LVAE_PROTOCOL),
+    evaluation=Evaluation(k=(100,), batch_size=20, max_elements=2**23, sample_noise=True, monitor_n=32),
+    quick=_QUICK,
     reference={"seed, 15 layers, ELBO (bits/dim)": 3.35, "seed, 15 layers, IW-100 (bits/dim)": 3.32}))
 
 CPU_MODEL = dict(channels=32, blocks=1, dropout=0.0)
@@ -132,39 +153,54 @@ LVAE_MNIST_CPU = register_experiment(Experiment(
     description="CPU-sized LVAE: 6 layers x 16 latent channels, 32 channels, 1 gated res block per layer, skip, learned top prior, data-dependent init, no dropout, Adam 1e-3 cosine to 5%, batch 64, free bits 0.5 per layer and example, EMA 0.999, 15000 steps",
     model="lvae", model_kwargs=dict(z_channels=(16,) * 6, downsample=(1, 0, 1, 0, 1, 0), **CPU_MODEL),
     train=TrainConfig(steps=15_000, batch_size=64, lr=1e-3, lr_schedule="cosine", lr_final=0.05, ema_decay=0.999, eval_every=500, log_every=100),
-    objective=dict(free_bits=0.5, free_bits_mode="example"), train_split="train+valid", valid_split=None,
-    protocol=LVAE_PROTOCOL, eval_k=(1000, 100), test_n=1000, eval_batch_size=25, eval_max_elements=2**21, **_QUICK,
+    objective=dict(free_bits=0.5, free_bits_mode="example"),
+    data=Data(train_split="train+valid", valid_split=None, protocol=LVAE_PROTOCOL, test_n=1000),
+    evaluation=Evaluation(k=(1000, 100), batch_size=25, max_elements=2**21, monitor_n=32),
+    quick=_QUICK,
     reference={"seed, 6 layers, IW-1000 (GPU, much larger model)": 78.52}), alias="lvae")
 LVAE_CIFAR10_CPU = register_experiment(Experiment(
     name="lvae-cifar10-cpu",
     description="CPU-sized LVAE, CIFAR-10: 4 layers x 16 latent channels, 32 channels, 1 gated res block per layer, skip, learned top prior, data-dependent init, no dropout, DMoL 5 components, Adam 1e-3, batch 64, free bits 0.5, EMA 0.99, 2500 steps",
     model="lvae", model_kwargs=dict(x_shape=(3, 32, 32), likelihood="dmol", n_mix=5, z_channels=(16,) * 4, downsample=(1, 1, 1, 0), **CPU_MODEL),
     train=TrainConfig(steps=2_500, batch_size=64, lr=1e-3, ema_decay=0.99, eval_every=250, log_every=50),
-    objective=dict(free_bits=0.5, free_bits_mode="example"), dataset="cifar10", valid_split=None, protocol=CIFAR_LVAE_PROTOCOL,
-    eval_k=(100,), test_n=300, eval_batch_size=20, eval_max_elements=2**21, sample_noise=True, **_QUICK,
+    objective=dict(free_bits=0.5, free_bits_mode="example"),
+    data=Data(dataset="cifar10", valid_split=None, protocol=CIFAR_LVAE_PROTOCOL, test_n=300),
+    evaluation=Evaluation(k=(100,), batch_size=20, max_elements=2**21, sample_noise=True, monitor_n=32),
+    quick=_QUICK,
     reference={"seed, 15 layers, ELBO (bits/dim; GPU, much larger model)": 3.35}))
 
 # %% ../nbs/15_vqvae.ipynb #08c3e3fb
 CIFAR_VQ_PROTOCOL = "CIFAR-10, train 50k, test split; bits/dim of the bound log p(x|z_q) + log p(z_q) on 8-bit pixels (discrete likelihood)"
 OBJECTIVES["vq"] = vq_objective   # stage 1 trains with the model's own VQ loss
-_QUICK_VQ = dict(quick_train=dict(steps=20, batch_size=16, log_every=5, eval_every=10), quick_test_n=32, quick_k=(1,))
+_QUICK_PRIOR = dict(steps=10, batch_size=16, log_every=5)
+GPU_PRIORS = {"pixelcnn": PriorStage("pixelcnn", "pixelcnn_prior", dict(embed=64, channels=128, kernel=7, blocks=10, hidden=512),
+                                      TrainConfig(steps=23_400, batch_size=64, lr=1e-3, log_every=200), quick_train=_QUICK_PRIOR),
+              "gated": PriorStage("gated", "gated_pixelcnn_prior", dict(embed=64, channels=256, kernel=7, layers=15, hidden=512),
+                                   TrainConfig(steps=23_400, batch_size=64, lr=8e-4, log_every=200), quick_train=_QUICK_PRIOR)}
+CPU_PRIORS = {"pixelcnn": PriorStage("pixelcnn", "pixelcnn_prior", dict(embed=64, channels=64, kernel=7, blocks=6, hidden=256),
+                                      TrainConfig(steps=3_000, batch_size=64, lr=1e-3, log_every=100), quick_train=_QUICK_PRIOR),
+              "gated": PriorStage("gated", "gated_pixelcnn_prior", dict(embed=64, channels=64, kernel=7, layers=6, hidden=256),
+                                   TrainConfig(steps=3_000, batch_size=64, lr=8e-4, log_every=100), quick_train=_QUICK_PRIOR)}
+_QUICK_VQ = Quick(train=dict(steps=20, batch_size=16, log_every=5, eval_every=10), test_n=32, k=(1,))
 
 VQVAE_CIFAR10 = register_experiment(Experiment(
     name="vqvae-cifar10",
-    description="seed recipe (henrhoi/vae-pytorch) with a discrete likelihood: K=128 codes of D=256, 256 channels, beta=1, codebook U(-1/K, 1/K), DMoL decoder (10 components), Adam 1e-3, batch 128, 40 epochs (15 600 steps), uniform prior (stage 1)",
+    description="seed recipe (henrhoi/vae-pytorch) with a discrete likelihood: K=128 codes of D=256, 256 channels, beta=1, codebook U(-1/K, 1/K), DMoL decoder (10 components), Adam 1e-3, batch 128, 40 epochs (15 600 steps), uniform prior in stage 1, then a Gated PixelCNN prior (stage 2)",
     model="vqvae", model_kwargs=dict(n_codes=128, dim=256, channels=256, beta=1.0, n_mix=10),
-    train=TrainConfig(steps=15_600, batch_size=128, lr=1e-3, eval_every=1_000, log_every=100), loss="vq",
-    dataset="cifar10", valid_split=None, protocol=CIFAR_VQ_PROTOCOL, eval_k=(1,), eval_batch_size=500, sample_noise=True, **_QUICK_VQ,
+    train=TrainConfig(steps=15_600, batch_size=128, lr=1e-3, eval_every=1_000, log_every=100),
+    loss="vq",
+    data=Data(dataset="cifar10", valid_split=None, protocol=CIFAR_VQ_PROTOCOL),
+    evaluation=Evaluation(k=(1,), batch_size=500, sample_noise=True),
+    quick=_QUICK_VQ, prior=GPU_PRIORS["gated"],
     reference={"VQ-VAE paper, CIFAR-10 with a PixelCNN prior (bits/dim)": 4.67}))
 VQVAE_CIFAR10_CPU = register_experiment(Experiment(
     name="vqvae-cifar10-cpu",
-    description="CPU-sized VQ-VAE: K=128 codes of D=64, 128 channels, beta=1, EMA codebook (decay 0.99), k-means init + dead-code restarts after 20 batches, DMoL decoder (5 components), Adam 1e-3, batch 128, 3000 steps, uniform prior (stage 1)",
+    description="CPU-sized VQ-VAE: K=128 codes of D=64, 128 channels, beta=1, EMA codebook (decay 0.99), k-means init + dead-code restarts after 20 batches, DMoL decoder (5 components), Adam 1e-3, batch 128, 3000 steps, uniform prior in stage 1, then a Gated PixelCNN prior (stage 2)",
     model="vqvae", model_kwargs=dict(n_codes=128, dim=64, channels=128, beta=1.0, n_mix=5, ema=True, init="kmeans", restart_after=20),
-    train=TrainConfig(steps=3_000, batch_size=128, lr=1e-3, eval_every=500, log_every=50), loss="vq",
-    dataset="cifar10", valid_split=None, protocol=CIFAR_VQ_PROTOCOL, eval_k=(1,), eval_batch_size=500, sample_noise=True, **_QUICK_VQ,
+    train=TrainConfig(steps=3_000, batch_size=128, lr=1e-3, eval_every=500, log_every=50),
+    loss="vq",
+    data=Data(dataset="cifar10", valid_split=None, protocol=CIFAR_VQ_PROTOCOL),
+    evaluation=Evaluation(k=(1,), batch_size=500, sample_noise=True),
+    quick=_QUICK_VQ, prior=CPU_PRIORS["gated"],
     reference={"VQ-VAE paper, CIFAR-10 with a PixelCNN prior (bits/dim; GPU, larger model)": 4.67}), alias="vqvae")
 
-GPU_PRIORS = {"pixelcnn": ("pixelcnn_prior", dict(embed=64, channels=128, kernel=7, blocks=10, hidden=512), TrainConfig(steps=23_400, batch_size=64, lr=1e-3, log_every=200)),
-              "gated": ("gated_pixelcnn_prior", dict(embed=64, channels=256, kernel=7, layers=15, hidden=512), TrainConfig(steps=23_400, batch_size=64, lr=8e-4, log_every=200))}
-CPU_PRIORS = {"pixelcnn": ("pixelcnn_prior", dict(embed=64, channels=64, kernel=7, blocks=6, hidden=256), TrainConfig(steps=3_000, batch_size=64, lr=1e-3, log_every=100)),
-              "gated": ("gated_pixelcnn_prior", dict(embed=64, channels=64, kernel=7, layers=6, hidden=256), TrainConfig(steps=3_000, batch_size=64, lr=8e-4, log_every=100))}

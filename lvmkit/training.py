@@ -18,6 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from tqdm.auto import tqdm
 from . import __version__
 from .core import default_device, describe_hardware, git_commit, seed_everything
+from .protocol import HasDataInit, HasLogProb
 from lvmkit.checkpoint import (
     RESUMABLE_FIELDS, atomic_write, check_compatible, check_resumable, ema_weights, load_checkpoint, load_model, rng_state, save_checkpoint,
     set_rng_state)
@@ -371,8 +372,10 @@ def _new_run(model: nn.Module, train_data: Dataset | Tensor, valid_data: Dataset
     "Check the arguments of `fit` and build a run on this process: device, batches, optimizer, schedule and loss module."
     if not isinstance(config, TrainConfig): raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if not isinstance(model, nn.Module): raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if loss_fn is None and not hasattr(model, "log_prob"): raise TypeError(f"{type(model).__name__} has no log_prob; pass loss_fn=")
-    if valid_data is not None and valid_fn is None and not hasattr(model, "log_prob"): raise TypeError(f"{type(model).__name__} has no log_prob; pass valid_fn=")
+    if not isinstance(model, HasLogProb):     # the default loss and validation score are -log_prob and log_prob
+        if loss_fn is None: raise TypeError(f"{type(model).__name__} has no log_prob (lvmkit.protocol.HasLogProb) for the default loss; pass loss_fn=")
+        if valid_data is not None and valid_fn is None:
+            raise TypeError(f"{type(model).__name__} has no log_prob (lvmkit.protocol.HasLogProb) for the default validation score; pass valid_fn=")
     rank, world = _world()
     if config.batch_size % world: raise ValueError(f"TrainConfig.batch_size={config.batch_size} must be divisible by the number of processes ({world})")
     device = torch.device(device) if device is not None else _default_device(world)
@@ -387,7 +390,7 @@ def _new_run(model: nn.Module, train_data: Dataset | Tensor, valid_data: Dataset
 def _start_run(run: _Run) -> None:
     "Start afresh: seed this rank, run the model's `data_init` on the first batch, and (rank 0) start the run folder."
     seed_everything(run.config.seed + run.rank)
-    if hasattr(run.model, "data_init"): run.model.data_init(next(run.batches.epoch(0))[0])  # before DDP copies rank 0's weights to every rank
+    if isinstance(run.model, HasDataInit): run.model.data_init(next(run.batches.epoch(0))[0])  # before DDP copies rank 0's weights to every rank
     if not run.writer: return
     run.run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("last.pt", "best.pt"): (run.run_dir / name).unlink(missing_ok=True)

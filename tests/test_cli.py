@@ -79,11 +79,12 @@ def test_train_under_torchrun_two_processes(tmp_path):
 
 
 def test_run_experiment_full_mode_on_an_evenly_spread_test_subset(tmp_path):
-    "Experiment.test_n evaluates n test examples spread over the split in full mode, and the record says so."
+    "Experiment.data.test_n evaluates n test examples spread over the split in full mode, and the record says so."
     from dataclasses import replace
     from lvmkit.experiments import get_experiment, run_experiment
     exp = get_experiment("vae-mlp")
-    exp = replace(exp, name="tiny", model_kwargs=dict(z_dim=3, hidden=(16,)), test_n=50, eval_k=(3,),
+    exp = replace(exp, name="tiny", model_kwargs=dict(z_dim=3, hidden=(16,)), data=replace(exp.data, test_n=50),
+                  evaluation=replace(exp.evaluation, k=(3,)),
                   train=replace(exp.train, steps=20, eval_every=10, log_every=10))
     s = run_experiment(exp, quick_mode=False, run_dir=tmp_path / "run", results_dir=tmp_path / "res", progress=False, device="cpu")
     assert s["finished"] and s["test_n"] == 50
@@ -99,3 +100,23 @@ def test_image_grid_scales_8bit_pixels_and_keeps_unit_images():
     p = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
     assert torch.allclose(image_grid(p, nrow=2)[:, 1:6, 1:6], p[0].float() / 255)  # 8-bit pixels are scaled to [0, 1]
     assert torch.allclose(image_grid(p.float(), nrow=2), image_grid(p, nrow=2))     # as are floats holding 0..255
+
+
+def test_train_vqvae_runs_both_stages_and_eval_reports_the_bound_with_the_prior(tmp_path, capsys):
+    "`lvmkit train vqvae --quick` trains the autoencoder and its Gated PixelCNN prior; `lvmkit eval final.pt` restores both."
+    from lvmkit.cli import main
+    from lvmkit.training import load_model
+    assert main(["train", "vqvae", "--quick", "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["finished"] and s["prior_finished"] and s["final_checkpoint"].endswith("final.pt")
+    final = load_model(tmp_path / "run" / "final.pt")
+    assert final.prior is not None and final.spec["kwargs"]["prior"]["name"] == "gated_pixelcnn_prior"
+    stage1 = load_model(tmp_path / "run" / "last.pt")
+    assert stage1.prior is None                                                      # stage 1 alone: the uniform prior
+    assert main(["eval", str(tmp_path / "run" / "final.pt"), "--iw", "1", "--n", "32", "--no-progress", "--device", "cpu"]) == 0
+    e = json.loads(capsys.readouterr().out)
+    assert e["model"]["kwargs"]["prior"]["name"] == "gated_pixelcnn_prior" and e["n"] == 32
+    assert abs(e["nll"] - s["prior_test_nll"]) < 1e-3 * abs(e["nll"])               # the recorded stage-2 bound, reproduced from the file
+    assert main(["eval", str(tmp_path / "run" / "last.pt"), "--iw", "1", "--n", "32", "--no-progress", "--device", "cpu"]) == 0
+    u = json.loads(capsys.readouterr().out)
+    assert abs(u["nll"] - s["test_nll_iw1"]) < 1e-3 * abs(u["nll"]) and "prior" not in u["model"]["kwargs"]

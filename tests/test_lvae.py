@@ -315,7 +315,7 @@ def test_experiments_registered_and_build():
         m = build_model(exp.model, **exp.model_kwargs)
         assert isinstance(m, LadderVAE) and len(m.top_down) == len(exp.model_kwargs["z_channels"])
     assert LVAE_MNIST[12].objective["free_bits"] == 1.0 and LVAE_MNIST[6].objective["free_bits"] == 0.5
-    assert all(e.train_split == "train+valid" and e.train.optimizer == "adamax" and e.train.lr == 3e-4 for e in LVAE_MNIST.values())
+    assert all(e.data.train_split == "train+valid" and e.train.optimizer == "adamax" and e.train.lr == 3e-4 for e in LVAE_MNIST.values())
     assert build_model("lvae").top_shape == (32, 2, 2)
 
 

@@ -388,6 +388,19 @@ def test_data_init_on_a_fresh_run_only_and_monitor_lines(tmp_path):
     assert _InitCounting.calls == 2
 
 
+def test_the_loop_asks_the_protocol_not_hasattr():
+    "fit's defaults need only log_prob (HasLogProb), and data_init is the HasDataInit hook; a model without log_prob needs loss_fn=/valid_fn=."
+    from lvmkit.protocol import HasDataInit, HasLogProb
+    assert isinstance(DiagGaussian(), HasLogProb) and not isinstance(DiagGaussian(), HasDataInit) and isinstance(_InitCounting(), HasDataInit)
+    lin, x = nn.Linear(2, 2), gaussian_data(32)
+    cfg = TrainConfig(steps=2, batch_size=16, eval_every=2)
+    with pytest.raises(TypeError, match="Linear has no log_prob .*pass loss_fn="): fit(lin, x, config=cfg, **CPU)
+    loss = lambda m, x, step: ((m(x) - x).pow(2).mean(), {})
+    with pytest.raises(TypeError, match="Linear has no log_prob .*pass valid_fn="): fit(lin, x, x, config=cfg, loss_fn=loss, **CPU)
+    res = fit(lin, x, x, config=cfg, loss_fn=loss, valid_fn=lambda m, x: -(m(x) - x).pow(2).sum(-1), **CPU)
+    assert res.steps == 2 and res.best_valid is not None
+
+
 def test_checkpoint_state_is_the_run_state(tmp_path):
     "The `state` of a checkpoint has exactly the fields of the run state, so a resumed run restores all of it."
     from dataclasses import fields

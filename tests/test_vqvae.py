@@ -239,12 +239,35 @@ def test_prior_trains_with_the_shared_loop(tmp_path):
 def test_experiments_and_objective():
     assert OBJECTIVES["vq"] is vq_objective and get_experiment("vqvae").name == "vqvae-cifar10-cpu"
     for exp in (VQVAE_CIFAR10, VQVAE_CIFAR10_CPU):
-        assert EXPERIMENTS[exp.name] is exp and exp.loss == "vq" and exp.dataset == "cifar10"
+        assert EXPERIMENTS[exp.name] is exp and exp.loss == "vq" and exp.data.dataset == "cifar10"
         assert isinstance(build_model(exp.model, **exp.model_kwargs), VQVAE)
     assert VQVAE_CIFAR10.model_kwargs["n_codes"] == 128 and VQVAE_CIFAR10.model_kwargs["dim"] == 256 and VQVAE_CIFAR10.train.batch_size == 128
     for priors in (GPU_PRIORS, CPU_PRIORS):
-        for name, kw, cfg in priors.values():
-            assert isinstance(build_model(name, n_codes=128, grid=(8, 8), **kw), (PixelCNNPrior, GatedPixelCNNPrior))
+        for key, stage in priors.items():
+            assert stage.name == key and isinstance(build_model(stage.model, n_codes=128, grid=(8, 8), **stage.model_kwargs), (PixelCNNPrior, GatedPixelCNNPrior))
+    assert VQVAE_CIFAR10.prior is GPU_PRIORS["gated"] and VQVAE_CIFAR10_CPU.prior is CPU_PRIORS["gated"]   # `lvmkit train vqvae` runs stage 2
     m = VQVAE(**SMALL)
     loss, metrics = vq_objective()(m, pixels(), 0)
     assert loss.ndim == 0 and "perplexity" in metrics
+
+
+def test_a_fitted_prior_is_part_of_the_model_its_spec_and_its_checkpoint(tmp_path):
+    "set_prior records the prior's spec; a checkpoint of the whole model rebuilds both, with the same bound."
+    from lvmkit.experiments import PriorStage, fit_prior
+    from lvmkit.training import TrainConfig, load_model, save_checkpoint
+    torch.manual_seed(0)
+    m = build_model("vqvae", x_shape=(3, 8, 8), **SMALL).eval()
+    x = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8)
+    uniform = m.log_prob(x)
+    stage = PriorStage("p", "gated_pixelcnn_prior", dict(embed=4, channels=8, kernel=3, layers=2, hidden=8), TrainConfig(steps=20, batch_size=16))
+    r = fit_prior(m, stage, x, progress=False)
+    assert r.finished and m.spec["kwargs"]["prior"] == {"name": "gated_pixelcnn_prior",
+                                                        "kwargs": {"n_codes": 16, "grid": (2, 2), **stage.model_kwargs}}
+    assert not torch.allclose(m.log_prob(x), uniform)                                # the prior now enters the bound
+    path = save_checkpoint(tmp_path / "final.pt", model=m.state_dict(), spec=m.spec)
+    back = load_model(path)
+    assert isinstance(back.prior, GatedPixelCNNPrior) and torch.allclose(back.log_prob(x), m.log_prob(x))
+    m.set_prior(None)
+    assert m.prior is None and "prior" not in m.spec["kwargs"] and torch.allclose(m.log_prob(x), uniform)
+    with pytest.raises(ValueError, match="not both"): fit_prior(m, stage, x, latents=m.prior_data(x))
+    with pytest.raises(TypeError, match="fitted prior"): fit_prior(build_model("mlp_vae", z_dim=2, hidden=(4,)), stage, x)

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from ..core import register_model
+from ..core import build_model, register_model
 from ..distributions import ConditionalDMoL, check_pixels, dmol_params_size, pixels_to_float
 from ..flows import check_autoregressive
 from ..protocol import ELBOTerms, ExactModule, LatentVariableModule
@@ -136,6 +136,7 @@ class VQVAE(LatentVariableModule):
                  restart_after: int | None = None, # dead-code restart after this many batches unused
                  init: str = "uniform", # 'uniform' (the seed: U(-1/K, 1/K)) or 'kmeans' (on the first batch, via data_init)
                  n_mix: int = 10, # logistic mixture components of the decoder
+                 prior: dict | None = None, # the spec {"name", "kwargs"} of a fitted prior over the codes (stage 2); None: uniform
                 ):
         super().__init__()
         C, H, W = self.x_shape = tuple(x_shape)
@@ -150,6 +151,7 @@ class VQVAE(LatentVariableModule):
                                          nn.ConvTranspose2d(channels, dmol_params_size(C, n_mix), 4, 2, 1))       # (B, P, H, W)
         self.likelihood = ConditionalDMoL(nn.Identity(), C, n_mix)
         self.prior: nn.Module | None = None         # a model of the codes with log_prob(codes) and sample(n); None: uniform
+        if prior is not None: self.prior = build_model(prior["name"], **prior["kwargs"])   # rebuilt from a checkpoint's spec
 
     def check_input(self, x: Tensor) -> None:
         check_pixels(x, self.x_shape)
@@ -214,6 +216,24 @@ class VQVAE(LatentVariableModule):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         return decoder_mean(self.decode(self.quantize(x).z_q))
+
+    @torch.no_grad()
+    def prior_data(self, x: Tensor) -> Tensor:
+        "What a stage-2 prior models: the code grids (B, h, w) of the images x."
+        return self.codes(x)
+
+    def prior_arguments(self) -> dict:
+        "What the first stage fixes for a prior over its codes: the number of codes and the grid."
+        return {"n_codes": self.vq.n_codes, "grid": self.grid}
+
+    def set_prior(self, prior: nn.Module | None) -> None:
+        "Use `prior` over the codes (None: uniform); a prior built by build_model is recorded in this model's spec, so checkpoints restore it."
+        self.prior = prior
+        spec = getattr(self, "spec", None)
+        if spec is not None:
+            kwargs = {k: v for k, v in spec["kwargs"].items() if k != "prior"}
+            if prior is not None and getattr(prior, "spec", None) is not None: kwargs["prior"] = prior.spec
+            self.spec = {**spec, "kwargs": kwargs}
 
     @torch.no_grad()
     def data_init(self, x: Tensor) -> None:
