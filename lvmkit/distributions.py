@@ -90,7 +90,7 @@ from typing import Sequence
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
-from torch.distributions import Categorical, Distribution, constraints
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, constraints
 
 # %% ../nbs/06_dmol.ipynb #3570ff0b
 HALF_BIN = 1 / 255  # half the width of one intensity bin on the [-1, 1] scale
