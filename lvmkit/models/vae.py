@@ -11,7 +11,7 @@ from torch import nn, Tensor
 from torch.distributions import kl_divergence
 from ..core import register_model
 from ..blocks import MLP, get_activation
-from ..distributions import ConditionalBernoulli, ConditionalNormal, StandardNormal, check_binary, rsample_and_log_prob
+from ..distributions import ConditionalBernoulli, ConditionalNormal, StandardNormal, check_binary
 from ..protocol import ELBOTerms, LatentVariableModule
 
 
@@ -50,12 +50,12 @@ class VAE(LatentVariableModule):
         self.check_input(x)
         qz = self.encoder(x)                                        # batch (B,), event (D,)
         shape = () if n_samples is None else (n_samples,)
-        if analytic_kl: z = qz.rsample(shape)                       # (B, D) or (S, B, D): reparameterised
-        else: z, log_qz = rsample_and_log_prob(qz, shape)           # with log q(z|x), in one pass for a flow (IAF)
+        fused = not analytic_kl and callable(getattr(qz, "rsample_and_log_prob", None))   # a flow (IAF): z and log q(z|x) in one pass
+        z, log_qz = qz.rsample_and_log_prob(shape) if fused else (qz.rsample(shape), None)   # (B, D) or (S, B, D): reparameterised
         pz = self.prior()
         log_px_z = self.decoder(z).log_prob(x)                     # (B,) or (S, B)
         if analytic_kl: kl = kl_divergence(qz, pz).expand(log_px_z.shape)
-        else:           kl = log_qz - pz.log_prob(z)                # Monte-Carlo KL at the sample
+        else:           kl = (qz.log_prob(z) if log_qz is None else log_qz) - pz.log_prob(z)   # Monte-Carlo KL at the sample
         return ELBOTerms(log_px_z, (kl,), (z,), mc_kl=not analytic_kl)
 
     @torch.no_grad()
