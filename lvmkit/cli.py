@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", help="dataset name (default: the one the run was trained on, else binarized_mnist)")
     e.add_argument("--split", default="test")
     e.add_argument("--n", type=int, help="evaluate only n examples, spread evenly over the split")
-    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--batch-size", type=int, help="test images per batch (default: the run's recorded evaluation setting, else 500)")
+    e.add_argument("--max-elements", type=int, help="bound on samples x images x pixels per pass (default: the run's recorded setting, else 2**25)")
     e.add_argument("--device")
     e.add_argument("--no-ema", action="store_true", help="use the raw weights even if the checkpoint has EMA weights")
     e.add_argument("--no-progress", action="store_true")
@@ -63,24 +64,27 @@ def _eval(a: argparse.Namespace) -> dict:
     path = Path(a.checkpoint)
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
     if a.iw < 1: raise ValueError(f"--iw must be >= 1, got {a.iw}")
-    dataset = a.dataset
-    if dataset is None:
-        meta = path.parent / "experiment.json"
-        rec = json.loads(meta.read_text()) if meta.is_file() else {}
-        dataset = rec.get("data", {}).get("dataset", rec.get("dataset", "binarized_mnist"))   # older runs kept it at the top level
+    meta = path.parent / "experiment.json"                                  # the run's recipe, as run_experiment wrote it
+    rec = json.loads(meta.read_text()) if meta.is_file() else {}
+    recorded = rec.get("evaluation", {})
+    dataset = a.dataset or rec.get("data", {}).get("dataset", rec.get("dataset", "binarized_mnist"))   # older runs kept it at the top level
+    batch_size = a.batch_size or recorded.get("batch_size", rec.get("eval_batch_size", 500))
+    max_elements = a.max_elements or recorded.get("max_elements", rec.get("eval_max_elements", 2**25))
     device = _device(a.device)
     model = load_model(path, use_ema=not a.no_ema).to(device)
     data = get_dataset(dataset, a.split, a.data)
     if a.n: data = _subset(data, a.n)
-    r = evaluate(model, data, k=a.iw, batch_size=a.batch_size, device=device, progress=not a.no_progress)
-    return dict(checkpoint=str(path), model=getattr(model, "spec", None), dataset=dataset, split=a.split, **r)
+    r = evaluate(model, data, k=a.iw, batch_size=batch_size, device=device, progress=not a.no_progress, max_elements=max_elements)
+    return dict(checkpoint=str(path), model=getattr(model, "spec", None), dataset=dataset, split=a.split,
+                batch_size=batch_size, max_elements=max_elements, **r)
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `lvmkit` console script."
     a = _parser().parse_args(argv)
     try:
         if a.command == "list":
-            out = {"experiments": {n: e.description for n, e in sorted(EXPERIMENTS.items())}, "aliases": ALIASES, "models": sorted(MODELS) if import_models() is not None else []}
+            import_models()                                                             # every model, also those no recipe uses
+            out = {"experiments": {n: e.description for n, e in sorted(EXPERIMENTS.items())}, "aliases": ALIASES, "models": sorted(MODELS)}
         elif a.command == "train": out = _train(a)
         else: out = _eval(a)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 import torch
 from . import __version__
-from .checkpoint import atomic_write
+from .core import atomic_write
 from .core import describe_hardware, git_commit, quick
 
 # %% auto #0

@@ -120,3 +120,21 @@ def test_train_vqvae_runs_both_stages_and_eval_reports_the_bound_with_the_prior(
     assert main(["eval", str(tmp_path / "run" / "last.pt"), "--iw", "1", "--n", "32", "--no-progress", "--device", "cpu"]) == 0
     u = json.loads(capsys.readouterr().out)
     assert abs(u["nll"] - s["test_nll_iw1"]) < 1e-3 * abs(u["nll"]) and "prior" not in u["model"]["kwargs"]
+
+
+def test_eval_uses_the_runs_recorded_evaluation_settings(tmp_path, capsys):
+    "Without flags, `lvmkit eval` takes batch size and memory bound from the run's experiment.json; flags override them."
+    from lvmkit.cli import main
+    from lvmkit.core import atomic_write
+    from lvmkit.experiments import get_experiment, run_experiment
+    from dataclasses import replace, asdict
+    exp = get_experiment("vae-mlp")
+    exp = replace(exp, name="tiny", model_kwargs=dict(z_dim=3, hidden=(16,)), data=replace(exp.data, test_n=20),
+                  evaluation=replace(exp.evaluation, k=(2,), batch_size=7, max_elements=3 * 7 * 784),
+                  train=replace(exp.train, steps=10, eval_every=10, log_every=10))
+    run_experiment(exp, quick_mode=False, run_dir=tmp_path / "run", progress=False, device="cpu")
+    assert main(["eval", str(tmp_path / "run" / "best.pt"), "--iw", "4", "--n", "20", "--no-progress", "--device", "cpu"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["batch_size"], r["max_elements"]) == (7, 3 * 7 * 784)
+    assert main(["eval", str(tmp_path / "run" / "best.pt"), "--iw", "4", "--n", "20", "--batch-size", "20", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_size"] == 20
