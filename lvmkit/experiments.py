@@ -169,7 +169,7 @@ def _evaluate_and_record(model: nn.Module, exp: Experiment, name: str, test: Dat
     "Evaluate `model` on `test` for each K in `ks` and make one results record per K (named `name`, then `name-iwK`)."
     ev = exp.evaluation
     evals = {k: evaluate(model, test, k=k, batch_size=ev.batch_size, device=device, progress=progress, max_elements=ev.max_elements) for k in ks}
-    suffix = (f" (quick: {{n}} evenly spread test examples)" if quick_mode else f" ({{n}} evenly spread test examples)" if exp.data.test_n is not None else "")
+    suffix = (" (quick: {n} evenly spread test examples)" if quick_mode else " ({n} evenly spread test examples)" if exp.data.test_n is not None else "")
     records = [ResultRecord.from_run(
         run_device=device, name=name if i == 0 else f"{name}-iw{k}", model=config.get("model", exp.model), dataset=exp.data.dataset,
         protocol=exp.data.protocol + suffix.format(n=r["n"]), split=exp.data.test_split, metric="nll_nats", value=r["nll"], k=k,

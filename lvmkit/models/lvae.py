@@ -9,12 +9,11 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from torch.distributions import Bernoulli, Distribution, Independent, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, Normal, kl_divergence
 from ..core import register_model
-from ..distributions import ConditionalNormal, ImageLikelihood, check_binary, precision_weighted
-from ..distributions import ConditionalDMoL, check_pixels, dmol_params_size, pixels_to_float
+from ..distributions import ConditionalNormal, ImageLikelihood, precision_weighted
 from ..protocol import ELBOTerms, LatentVariableModule
-from ..blocks import Gate, Merge, ResBlock, data_dependent_init, get_activation
+from ..blocks import Merge, ResBlock, data_dependent_init, get_activation
 from .vae import decoder_mean
 
 # %% auto #0
