@@ -24,15 +24,25 @@ def kl_warmup(step: int, warmup_steps: int, beta: float = 1.0) -> float:
     return beta if warmup_steps == 0 else beta * min(1.0, step / warmup_steps)
 
 def free_bits_kl(kl: Tensor, free_bits: float, mode: str = "batch") -> Tensor:
-    "Scalar KL penalty of one layer, kl (B,), with a floor of `free_bits` nats ('batch' mean or per 'example')."
+    """Scalar KL penalty of one layer with a floor of `free_bits` nats: on the batch mean ('batch') or on each example ('example') of kl (B,),
+    or spread over the layer's D dimensions ('dim', BIVA's seed) with kl (B, D) per dimension: mean_b sum_d max(kl_bd, free_bits / D)."""
     if free_bits < 0: raise ValueError(f"free_bits must be >= 0, got {free_bits}")
     if mode == "batch": return kl.mean().clamp(min=free_bits)
     if mode == "example": return kl.clamp(min=free_bits).mean()
-    raise ValueError(f"free_bits mode must be 'batch' or 'example', got {mode!r}")
+    if mode == "dim":
+        if kl.dim() != 2: raise ValueError(f"free_bits mode 'dim' needs the KL per dimension, shape (B, D); got shape {tuple(kl.shape)}")
+        return kl.clamp(min=free_bits / kl.shape[1]).sum(1).mean()
+    raise ValueError(f"free_bits mode must be 'batch', 'example' or 'dim', got {mode!r}")
 
 def elbo_loss(terms: ELBOTerms, beta: float = 1.0, free_bits: float = 0.0, free_bits_mode: str = "batch") -> tuple[Tensor, dict]:
     "Loss = -(E[log p(x|z)] - beta * sum_l max(free_bits, KL_l)), batch-averaged; metrics report the true ELBO."
-    kl_pen = sum((free_bits_kl(k.reshape(-1), free_bits, free_bits_mode) for k in terms.kl), torch.zeros((), device=terms.log_px_z.device))
+    if free_bits_mode == "dim":
+        if len(terms.kl_dims) != len(terms.kl):
+            raise ValueError("free_bits_mode='dim' needs the KL of every layer per dimension (ELBOTerms.kl_dims), which this model's "
+                             "elbo_terms does not give; use free_bits_mode='example' or 'batch'")
+        layers = [k.reshape(-1, k.shape[-1]) for k in terms.kl_dims]                 # (S*B, D_l) each
+    else: layers = [k.reshape(-1) for k in terms.kl]                                   # (S*B,) each
+    kl_pen = sum((free_bits_kl(k, free_bits, free_bits_mode) for k in layers), torch.zeros((), device=terms.log_px_z.device))
     loss = -terms.log_px_z.mean() + beta * kl_pen
     metrics = {"elbo": terms.elbo.mean().detach(), "log_px_z": terms.log_px_z.mean().detach(), "beta": beta}
     for i, k in enumerate(terms.kl): metrics[f"kl{i}"] = k.mean().detach()
@@ -41,7 +51,7 @@ def elbo_loss(terms: ELBOTerms, beta: float = 1.0, free_bits: float = 0.0, free_
 def elbo_objective(beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0,
                    free_bits_mode: str = "batch", analytic_kl: bool = False) -> Callable[[nn.Module, Tensor, int], tuple[Tensor, dict]]:
     "A `loss_fn(model, x, step)` for `lvmkit.training.fit`: the ELBO loss with KL warm-up and free bits."
-    free_bits_kl(torch.zeros(1), free_bits, free_bits_mode); kl_warmup(0, warmup_steps)   # validate now, not at step 1
+    free_bits_kl(torch.zeros(1, 1), free_bits, free_bits_mode); kl_warmup(0, warmup_steps)   # validate now, not at step 1
     def loss_fn(model: nn.Module, x: Tensor, step: int) -> tuple[Tensor, dict]:
         terms = model.elbo_terms(x, analytic_kl=analytic_kl)
         return elbo_loss(terms, kl_warmup(step, warmup_steps, beta), free_bits, free_bits_mode)

@@ -22,6 +22,7 @@ class ELBOTerms:
     kl: tuple[Tensor, ...]            # one KL term per stochastic layer
     z: tuple[Tensor, ...] = ()        # the latents, one per stochastic layer
     mc_kl: bool = True                # True: kl = log q(z|x) - log p(z) at the sampled z; False: analytic KL
+    kl_dims: tuple[Tensor, ...] = ()  # optional: each layer's KL per latent dimension, (B, D_l) or (S, B, D_l) (per-dimension free bits)
 
     @property
     def kl_total(self) -> Tensor:

@@ -9,7 +9,7 @@ from .experiments import OBJECTIVES, Data, Evaluation, Experiment, PriorStage, Q
 from .models.vqvae import vq_objective
 
 # %% auto #0
-__all__ = ['MNIST_PROTOCOL', 'SEED_MEANFIELD', 'VAE_MLP', 'VAE_LATENT2', 'SEED_IAF', 'IAF_MLP', 'VLAE_MLP', 'CIFAR_PROTOCOL', 'VLAE_CIFAR10', 'LOSSY', 'LVAE_PROTOCOL', 'CIFAR_LVAE_PROTOCOL', 'SEED_DOWNSAMPLE', 'SEED_NLL', 'LVAE_MNIST', 'LVAE_CIFAR10', 'CPU_MODEL', 'LVAE_MNIST_CPU', 'LVAE_CIFAR10_CPU', 'CIFAR_VQ_PROTOCOL', 'GPU_PRIORS', 'CPU_PRIORS', 'VQVAE_CIFAR10', 'VQVAE_CIFAR10_CPU']
+__all__ = ['MNIST_PROTOCOL', 'SEED_MEANFIELD', 'VAE_MLP', 'VAE_LATENT2', 'SEED_IAF', 'IAF_MLP', 'VLAE_MLP', 'CIFAR_PROTOCOL', 'VLAE_CIFAR10', 'LOSSY', 'LVAE_PROTOCOL', 'CIFAR_LVAE_PROTOCOL', 'SEED_DOWNSAMPLE', 'SEED_NLL', 'LVAE_MNIST', 'LVAE_CIFAR10', 'CPU_MODEL', 'LVAE_MNIST_CPU', 'LVAE_CIFAR10_CPU', 'BIVA_CPU_MODEL', 'BIVA_MNIST_CPU', 'BIVA_ABLATIONS', 'BIVA_MNIST', 'BIVA_CIFAR10', 'CIFAR_VQ_PROTOCOL', 'GPU_PRIORS', 'CPU_PRIORS', 'VQVAE_CIFAR10', 'VQVAE_CIFAR10_CPU']
 
 # %% ../nbs/10_vae.ipynb #75d74d80
 MNIST_PROTOCOL = "static binarized MNIST (Larochelle & Murray), train 50k / valid 10k (checkpoint selection) / test 10k"
@@ -168,6 +168,60 @@ LVAE_CIFAR10_CPU = register_experiment(Experiment(
     evaluation=Evaluation(k=(100,), batch_size=20, max_elements=2**21, sample_noise=True, monitor_n=32),
     quick=_QUICK,
     reference={"seed, 15 layers, ELBO (bits/dim; GPU, much larger model)": 3.35}))
+
+# %% ../nbs/14_biva.ipynb #e9b4caa9
+from dataclasses import replace
+BIVA_CPU_MODEL = dict(z_channels=(16, 16, 32), downsample=(1, 1, 1), **CPU_MODEL)   # 2 x 16x8x8 + 2 x 16x4x4 + 32x2x2 = 2688 latent numbers
+BIVA_MNIST_CPU = register_experiment(replace(LVAE_MNIST_CPU,
+    name="biva-mnist-cpu",
+    description="CPU-sized BIVA: 3 stages, z_BU and z_TD of 16 channels at 8x8 and at 4x4, top z of 32 channels at 2x2 (2688 latent numbers, as "
+                "lvae-mnist-cpu), 32 channels, 1 gated res block per path and stage, skip, p(z_BU | z_TD, h), learned top prior, data-dependent init, "
+                "no dropout; Chapter 4's CPU recipe: Adam 1e-3 cosine to 5%, batch 64, free bits 0.5 per layer and example, EMA 0.999 (last EMA weights evaluated), 15000 steps",
+    model="biva", model_kwargs=BIVA_CPU_MODEL, reference={}), alias="biva")
+
+def _ablation(name: str, what: str, model_kwargs: dict | None = None, objective: dict | None = None) -> Experiment:
+    "A short-budget variant of biva-mnist-cpu (1500 steps, IW-100 on the same 1000 test images) that changes one thing."
+    return register_experiment(replace(BIVA_MNIST_CPU, name=f"biva-mnist-short-{name}",
+        description=f"biva-mnist-cpu at a short budget (1500 steps, cosine schedule over them), {what}",
+        model_kwargs={**BIVA_CPU_MODEL, **(model_kwargs or {})}, objective=objective or dict(BIVA_MNIST_CPU.objective),
+        train=replace(BIVA_MNIST_CPU.train, steps=1_500, eval_every=500), evaluation=replace(BIVA_MNIST_CPU.evaluation, k=(100,))))
+
+BIVA_ABLATIONS = [_ablation("base", "as biva-mnist-cpu"),
+                  _ablation("noskip", "without the generative skip connections (skip=False)", model_kwargs=dict(skip=False)),
+                  _ablation("fbdim", "with the seed's free bits: 2 nats per layer spread over its dimensions (mode 'dim')",
+                            objective=dict(free_bits=2.0, free_bits_mode="dim"))]
+
+def _seed_train(steps: int, batch: int, every: int) -> TrainConfig:
+    "The seed's optimiser: Adamax 2e-3, lr x 0.999999 per step (the floor of 1e-4 binds only after 3M steps), EMA 0.9995, no clipping."
+    return TrainConfig(steps=steps, batch_size=batch, lr=2e-3, optimizer="adamax", lr_schedule="exponential", lr_final=0.999999 ** steps,
+                       ema_decay=0.9995, eval_every=every, log_every=1_000)
+
+BIVA_MNIST = register_experiment(Experiment(
+    name="biva-mnist",
+    description="seed recipe (vlievin/biva-pytorch): 6 stages, 64 channels, 3 gated res blocks per path and stage, dense latents 48-40-32-24-16-8 "
+                "(z_BU and z_TD per stage, 11 latents), p(z_BU | z_TD, h), skip, fixed N(0, I) top prior, dropout 0.5, free bits 2 nats per layer "
+                "spread per dimension, Adamax 2e-3 x 0.999999 per step, batch 48, EMA 0.9995 (last EMA weights evaluated), 500 epochs (625k steps, one GPU)",
+    model="biva", model_kwargs=dict(z_channels=(48, 40, 32, 24, 16, 8), downsample=(0, 0, 0, 0, 0, 1), latent="dense", channels=64, blocks=3,
+                                    dropout=0.5, learn_top_prior=False),
+    train=_seed_train(625_000, 48, 25_000),
+    objective=dict(free_bits=2.0, free_bits_mode="dim"),
+    data=Data(train_split="train+valid", valid_split=None, protocol=LVAE_PROTOCOL),
+    evaluation=Evaluation(k=(1000, 100), batch_size=50, max_elements=2**23, monitor_n=32),
+    quick=_QUICK))
+
+BIVA_CIFAR10 = register_experiment(Experiment(
+    name="biva-cifar10",
+    description="seed recipe, CIFAR-10: 15 stages, 96 channels, 3 gated res blocks per path and stage, convolutional latents of 38, 36, ..., 10 "
+                "channels (z_BU and z_TD per stage, 29 latents) at 16x16 (stages 1-10), 8x8 (11-14) and 4x4 (15), DMoL 10 components, dropout 0.2, "
+                "free bits 2 nats per layer spread per dimension, Adamax 2e-3 x 0.999999 per step, batch 48, EMA 0.9995, 500 epochs (521k steps, one GPU)",
+    model="biva", model_kwargs=dict(x_shape=(3, 32, 32), likelihood="dmol", z_channels=tuple(range(38, 8, -2)),
+                                    downsample=(0,) * 10 + (1, 0, 0, 0, 1), channels=96, blocks=3, dropout=0.2, learn_top_prior=False, pad=False),
+    train=_seed_train(521_000, 48, 25_000),
+    objective=dict(free_bits=2.0, free_bits_mode="dim"),
+    data=Data(dataset="cifar10", valid_split=None, protocol=CIFAR_LVAE_PROTOCOL),
+    evaluation=Evaluation(k=(1000,), batch_size=8, max_elements=2**23, sample_noise=True, monitor_n=32),
+    quick=_QUICK,
+    reference={"BIVA paper, CIFAR-10, about 103M parameters (bits/dim)": 3.08}))
 
 # %% ../nbs/15_vqvae.ipynb #08c3e3fb
 CIFAR_VQ_PROTOCOL = "CIFAR-10, train 50k, test split; bits/dim of the bound log p(x|z_q) + log p(z_q) on 8-bit pixels (discrete likelihood)"

@@ -23,9 +23,9 @@ class StochasticUp(nn.Module):
         super().__init__()
         self.q = nn.Conv2d(c_in, 2 * C, 3, padding=1)
         self.calls = 0
-    def up(self, h):
+    def up(self, h, pick=None):
         self.calls += 1
-        q = gauss(self.q(h)); z = q.rsample()
+        q = gauss(self.q(h)); z = q.rsample() if pick is None else pick(0, None, q)
         return z, (z, q, h)
 
 

@@ -17,8 +17,8 @@ from ..blocks import Merge, ResBlock, data_dependent_init, get_activation
 from .vae import decoder_mean
 
 # %% auto #0
-__all__ = ['Pick', 'LatentSample', 'sample_posterior', 'BottomUpLayer', 'TopDownLayer', 'Hierarchy', 'LadderVAE', 'active_units',
-           'layer_grid', 'peak_rss_mb', 'measure_training']
+__all__ = ['Pick', 'LatentSample', 'sample_posterior', 'gaussian_head', 'latent_embed', 'BottomUpLayer', 'TopDownLayer',
+           'Hierarchy', 'LadderVAE', 'active_units', 'layer_grid', 'peak_rss_mb', 'measure_training']
 
 # %% ../../nbs/13_lvae.ipynb #9075bb3b
 def _conv3(a: int, b: int) -> nn.Conv2d: return nn.Conv2d(a, b, 3, padding=1)
@@ -35,6 +35,18 @@ def sample_posterior(i: int, p: Distribution, q: Distribution | None) -> Tensor:
     "The default `pick`: a reparameterised draw from q when inferring, a draw from p when generating."
     return q.rsample() if q is not None else p.sample()
 
+def gaussian_head(in_channels: int, z: int, latent: str = "conv", hw: Sequence[int] | None = None, min_scale: float = 1e-3) -> ConditionalNormal:
+    "A diagonal Gaussian over one latent from feature maps (B, in_channels, h, w): 'conv', z channels at the map's resolution (a 3x3 conv), or 'dense', a z-vector (a linear map of the flattened maps, which needs hw)."
+    if latent == "conv": return ConditionalNormal(_conv3(in_channels, 2 * z), min_scale=min_scale, event_dims=3)
+    if latent != "dense": raise ValueError(f"latent must be 'conv' or 'dense', got {latent!r}")
+    if hw is None: raise ValueError("a dense latent needs the feature maps' size hw=(h, w)")
+    return ConditionalNormal(nn.Sequential(nn.Flatten(), nn.Linear(in_channels * hw[0] * hw[1], 2 * z)), min_scale=min_scale, event_dims=1)
+
+def latent_embed(z: int, channels: int, latent: str = "conv", hw: Sequence[int] | None = None) -> nn.Module:
+    "A latent back to feature maps (B, channels, h, w): a 3x3 conv ('conv') or a linear map and a reshape ('dense')."
+    if latent == "conv": return _conv3(z, channels)
+    return nn.Sequential(nn.Linear(z, channels * hw[0] * hw[1]), nn.Unflatten(1, (channels, hw[0], hw[1])))
+
 class BottomUpLayer(nn.Module):
     "Deterministic bottom-up step: an optional stride-2 conv (halves H and W), then `blocks` ResBlocks."
     def __init__(self, channels: int, blocks: int, downsample: bool, **block):
@@ -44,8 +56,8 @@ class BottomUpLayer(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor: return self.blocks(self.down(h))
 
-    def up(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        "One step of the bottom-up loop: (features for the layer above, d_i kept for the top-down pass), here the same map."
+    def up(self, h: Tensor, pick: Pick | None = None) -> tuple[Tensor, Tensor]:
+        "One step of the bottom-up loop: (features for the layer above, d_i kept for the top-down pass), here the same map (nothing to pick)."
         h = self(h)
         return h, h
 
@@ -60,14 +72,15 @@ class TopDownLayer(nn.Module):
                  merge: str = "linear", # 'linear' (the seed's learned merge) or 'precision' (Sønderby et al.)
                  skip: bool = True, # merge the output with h from above (a skip connection around z_i)
                  min_scale: float = 1e-3,
+                 latent: str = "conv", # 'conv': z_i is a feature map at this layer's resolution; 'dense': a vector of z_channels numbers
+                 hw: Sequence[int] | None = None, # (h, w) of this layer's feature maps (needed by dense latents)
                  **block):
         super().__init__()
         self.top, self.merge_type, self.skip = top, merge, skip and not top
-        gauss = lambda net: ConditionalNormal(net, min_scale=min_scale, event_dims=3)
-        self.prior = None if top else gauss(_conv3(channels, 2 * z_channels))        # p(z_i | h)
+        self.prior = None if top else gaussian_head(channels, z_channels, latent, hw, min_scale)   # p(z_i | h)
         self.q_merge = Merge(channels, channels, channels, **block) if merge == "linear" and not top else None
-        self.posterior = gauss(_conv3(channels, 2 * z_channels))                     # q(z_i | d_i, h)
-        self.z_in = _conv3(z_channels, channels)
+        self.posterior = gaussian_head(channels, z_channels, latent, hw, min_scale)                 # q(z_i | d_i, h)
+        self.z_in = latent_embed(z_channels, channels, latent, hw)
         self.skip_merge = Merge(channels, channels, channels, **block) if self.skip else None
         self.blocks = nn.Sequential(*[ResBlock(channels, **block) for _ in range(blocks)])
         self.up = nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1) if upsample else nn.Identity()
@@ -77,9 +90,9 @@ class TopDownLayer(nn.Module):
         if self.merge_type == "precision": return precision_weighted(self.posterior(d), p)
         return self.posterior(d if self.q_merge is None else self.q_merge(d, h))
 
-    def forward(self, z: Tensor, h: Tensor | None) -> Tensor:
-        "Features for the layer below from z_i (B, Cz, h, w) and h (B, F, h, w) (None at the top)."
-        out = self.z_in(z)
+    def forward(self, z: Tensor, h: Tensor | None, extra: Tensor | None = None) -> Tensor:
+        "Features for the layer below from z_i (B, Cz, h, w) and h (B, F, h, w) (None at the top); `extra` features (B, F, h, w) are added to z_i's (BIVA adds its second latent there)."
+        out = self.z_in(z) if extra is None else self.z_in(z) + extra
         if self.skip_merge is not None: out = self.skip_merge(out, h)
         return self.up(self.blocks(out))
 
@@ -94,6 +107,15 @@ class TopDownLayer(nn.Module):
 def _repeat(t: Tensor, n: int) -> Tensor:
     "n copies of a batch along the first axis, (n*B, ...): copy s holds rows s*B .. (s+1)*B - 1."
     return t.repeat(n, *[1] * (t.dim() - 1))
+
+def _factorised(l: LatentSample) -> bool:
+    "Both distributions of a latent are Independent over elementwise Normals: the KL splits into one term per dimension."
+    return all(isinstance(d, Independent) and isinstance(d.base_dist, Normal) for d in (l.p, l.q))
+
+def _kl_per_dim(l: LatentSample, analytic: bool) -> Tensor:
+    "One latent's KL per dimension, (n, D): analytic, or log q - log p at the sample (they sum to the layer's KL)."
+    k = kl_divergence(l.q.base_dist, l.p.base_dist) if analytic else l.q.base_dist.log_prob(l.z) - l.p.base_dist.log_prob(l.z)
+    return k.flatten(1)
 
 class Hierarchy(LatentVariableModule):
     """A hierarchy of stochastic layers driven by one bottom-up loop and one top-down loop.
@@ -117,11 +139,11 @@ class Hierarchy(LatentVariableModule):
         if tuple(x.shape[2:]) != (H, W): raise ValueError(f"this model was built for {H}x{W} images; got {x.shape[2]}x{x.shape[3]}")
         self.lik.check(x)
 
-    def encode(self, x: Tensor) -> list:
-        "The bottom-up loop: d_1, ..., d_L (bottom first)."
+    def encode(self, x: Tensor, pick: Pick | None = None) -> list:
+        "The bottom-up loop: d_1, ..., d_L (bottom first); a layer that samples on the way up draws its latent with `pick(i, None, q)`."
         h, d = self.embed(x), []
-        for layer in self.bottom_up:
-            h, d_i = layer.up(h)
+        for i, layer in enumerate(self.bottom_up):
+            h, d_i = layer.up(h, pick) if pick is not None else layer.up(h)
             d.append(d_i)
         return d
 
@@ -154,7 +176,8 @@ class Hierarchy(LatentVariableModule):
         else:           kl = [l.q.log_prob(l.z) - l.p.log_prob(l.z) for l in latents]    # MC KL at the sample: a valid IW weight
         shape = (S, B) if n_samples is not None else (B,)
         zs = tuple(l.z.reshape(*shape, *l.z.shape[1:]) for l in latents)
-        return ELBOTerms(log_px_z.reshape(shape), tuple(k.reshape(shape) for k in kl), zs, mc_kl=not analytic_kl)
+        dims = tuple(_kl_per_dim(l, analytic_kl).reshape(*shape, -1) for l in latents) if all(map(_factorised, latents)) else ()
+        return ELBOTerms(log_px_z.reshape(shape), tuple(k.reshape(shape) for k in kl), zs, mc_kl=not analytic_kl, kl_dims=dims)
 
     @torch.no_grad()
     def sample(self, n: int, noise: bool = True) -> Tensor:
@@ -165,7 +188,8 @@ class Hierarchy(LatentVariableModule):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         "Decoder mean with every z_i at its posterior mean (the posteriors' modes, top-down)."
-        h, _ = self.generate(x.shape[0], self.encode(x), pick=lambda i, p, q: q.mean)
+        mode = lambda i, p, q: q.mean
+        h, _ = self.generate(x.shape[0], self.encode(x, pick=mode), pick=mode)
         return decoder_mean(self.likelihood(h))
 
     def data_init(self, x: Tensor) -> None:
@@ -201,6 +225,7 @@ class LadderVAE(Hierarchy):
                  pad: bool = True, # zero-pad images to a multiple of the total downsampling (MNIST 28 -> 32), crop the output
                  min_scale: float = 1e-3, # floor on every latent standard deviation
                  data_dep_init: bool = True, # `data_init(x)` (called by `fit` before training) rescales every layer on a batch
+                 latent: str = "conv", # 'conv': spatial latents of z_channels maps; 'dense': vectors of z_channels numbers (BIVA's MNIST model)
                 ):
         super().__init__()
         C, H, W = self.x_shape = tuple(x_shape)
@@ -220,20 +245,24 @@ class LadderVAE(Hierarchy):
         act = get_activation(activation)
         block = dict(act=act, gated=gated, batchnorm=batchnorm, dropout=dropout)
         L = len(z_channels)
+        if latent not in ("conv", "dense"): raise ValueError(f"latent must be 'conv' or 'dense', got {latent!r}")
+        self.hw = [tuple(s // 2 ** (1 + sum(downsample[:i + 1])) for s in self.padded) for i in range(L)]   # (h, w) of layer i's maps
         self.stem = nn.Sequential(nn.Conv2d(C, channels, 5, stride=2, padding=2), act(), ResBlock(channels, **block))
         self.bottom_up = nn.ModuleList([BottomUpLayer(channels, blocks, bool(d), **block) for d in downsample])
         self.top_down = nn.ModuleList([TopDownLayer(zc, channels, blocks, bool(d), top=i == L - 1, merge=merge, skip=skip,
-                                                    min_scale=min_scale, **block) for i, (zc, d) in enumerate(zip(z_channels, downsample))])
-        self.top_shape = (z_channels[-1], self.padded[0] // self.factor, self.padded[1] // self.factor)
+                                                    min_scale=min_scale, latent=latent, hw=self.hw[i], **block)
+                                       for i, (zc, d) in enumerate(zip(z_channels, downsample))])
+        self.top_shape = (z_channels[-1], *self.hw[-1]) if latent == "conv" else (z_channels[-1],)
         self.top_prior_params = nn.Parameter(torch.zeros(2 * z_channels[-1], *self.top_shape[1:]), requires_grad=learn_top_prior)
         self.head = nn.Sequential(nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1), ResBlock(channels, **block),
                                   act(), _conv3(channels, self.lik.params_channels))
-        self.min_scale, self.data_dep_init = min_scale, data_dep_init
+        self.min_scale, self.data_dep_init, self.latent = min_scale, data_dep_init, latent
+        self.n_channels, self.n_blocks, self.block_kwargs = channels, blocks, block             # what a subclass needs to add layers (BIVA)
 
     def top_prior(self, n: int) -> Independent:
         "p(z_L): the learned (or standard) Gaussian over the top feature map, for n examples."
-        loc, pre = self.top_prior_params.expand(n, -1, -1, -1).chunk(2, dim=1)     # (n, C_L, h, w) each
-        return Independent(Normal(loc, F.softplus(pre + math.log(math.e - 1)) + self.min_scale), 3)  # N(0, I) + min_scale at init
+        loc, pre = self.top_prior_params.expand(n, *self.top_prior_params.shape).chunk(2, dim=1)     # (n, C_L, h, w) or (n, C_L) each
+        return Independent(Normal(loc, F.softplus(pre + math.log(math.e - 1)) + self.min_scale), len(self.top_shape))  # N(0, I) + min_scale at init
 
     def embed(self, x: Tensor) -> Tensor:
         "The input of the first bottom-up layer: check x, scale it, zero-pad to a multiple of the downsampling, and apply the stem."
@@ -249,7 +278,8 @@ register_model("lvae")(LadderVAE)
 def active_units(model: LadderVAE, x: Tensor, threshold: float = 0.01) -> list[float]:
     "Per layer (bottom first), the fraction of latent units whose posterior mean varies across the batch x: Var_x(E_q[z_u]) > threshold (Burda et al.)."
     was = model.training; model.eval()
-    try: _, layers = model.generate(x.shape[0], model.encode(x), pick=lambda i, p, q: q.mean)
+    mode = lambda i, p, q: q.mean
+    try: _, layers = model.generate(x.shape[0], model.encode(x, pick=mode), pick=mode)
     finally: model.train(was)
     return [(q.mean.flatten(1).var(0) > threshold).float().mean().item() for _, _, q in layers]
 
