@@ -4,10 +4,10 @@
 
 # %% ../nbs/90_cli.ipynb #b82e3778
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, math, sys
 from pathlib import Path
 import torch
-from .core import MODELS, default_device, import_models
+from .core import MODELS, default_device, import_models, seed_everything
 from .experiments import ALIASES, EXPERIMENTS, get_dataset, get_experiment, run_experiment, _subset
 from .objectives import evaluate
 from .training import init_distributed, load_model
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--max-elements", type=int, help="bound on samples x images x pixels per pass (default: the run's recorded setting, else 2**25)")
     e.add_argument("--device")
     e.add_argument("--no-ema", action="store_true", help="use the raw weights even if the checkpoint has EMA weights")
+    e.add_argument("--seed", type=int, default=0, help="random seed of the importance samples (default 0: the same call gives the same number)")
     e.add_argument("--no-progress", action="store_true")
     return p
 
@@ -53,7 +54,13 @@ def _device(name: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available(): raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
     return dev
 
+def _positive(flag: str, value: float | int | None) -> None:
+    "Raise a ValueError naming the flag unless it is absent or a finite number > 0."
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{flag} must be a positive number, got {value}")
+
 def _train(a: argparse.Namespace) -> dict:
+    _positive("--max-time", a.max_time)
     exp = get_experiment(a.experiment)
     init_distributed()   # under torchrun: join the process group, so fit trains data-parallel; a no-op otherwise
     return run_experiment(exp, quick_mode=True if a.quick else None, data_root=a.data, run_dir=a.out,
@@ -61,9 +68,9 @@ def _train(a: argparse.Namespace) -> dict:
                           resume=not a.fresh, max_time_s=a.max_time)
 
 def _eval(a: argparse.Namespace) -> dict:
+    for flag, v in [("--iw", a.iw), ("--n", a.n), ("--batch-size", a.batch_size), ("--max-elements", a.max_elements)]: _positive(flag, v)
     path = Path(a.checkpoint)
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
-    if a.iw < 1: raise ValueError(f"--iw must be >= 1, got {a.iw}")
     meta = path.parent / "experiment.json"                                  # the run's recipe, as run_experiment wrote it
     rec = json.loads(meta.read_text()) if meta.is_file() else {}
     recorded = rec.get("evaluation", {})
@@ -74,9 +81,10 @@ def _eval(a: argparse.Namespace) -> dict:
     model = load_model(path, use_ema=not a.no_ema).to(device)
     data = get_dataset(dataset, a.split, a.data)
     if a.n: data = _subset(data, a.n)
+    seed_everything(a.seed)                                                 # the same call gives the same number
     r = evaluate(model, data, k=a.iw, batch_size=batch_size, device=device, progress=not a.no_progress, max_elements=max_elements)
     return dict(checkpoint=str(path), model=getattr(model, "spec", None), dataset=dataset, split=a.split,
-                batch_size=batch_size, max_elements=max_elements, **r)
+                batch_size=batch_size, max_elements=max_elements, seed=a.seed, **r)
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `lvmkit` console script."

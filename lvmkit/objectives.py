@@ -27,6 +27,8 @@ def free_bits_kl(kl: Tensor, free_bits: float, mode: str = "batch") -> Tensor:
     """Scalar KL penalty of one layer with a floor of `free_bits` nats: on the batch mean ('batch') or on each example ('example') of kl (B,),
     or spread over the layer's D dimensions ('dim', BIVA's seed) with kl (B, D) per dimension: mean_b sum_d max(kl_bd, free_bits / D)."""
     if free_bits < 0: raise ValueError(f"free_bits must be >= 0, got {free_bits}")
+    if mode not in ("batch", "example", "dim"): raise ValueError(f"free_bits mode must be 'batch', 'example' or 'dim', got {mode!r}")
+    if free_bits == 0: return (kl.sum(1) if mode == "dim" and kl.dim() == 2 else kl).mean()   # no floor: the plain KL, whatever its sign
     if mode == "batch": return kl.mean().clamp(min=free_bits)
     if mode == "example": return kl.clamp(min=free_bits).mean()
     if mode == "dim":
@@ -69,14 +71,19 @@ def iw_log_likelihood(model: nn.Module, x: Tensor, k: int = 1000, chunk_size: in
     B, D = x.shape[0], x[0].numel()
     S = chunk_size or max(1, min(k, max_elements // max(1, B * D)))
     lse, elbo_sum, done = None, torch.zeros(B, dtype=torch.float64, device=x.device), 0
-    while done < k:
-        s = min(S, k - done)
-        log_w = model.log_weights(x, s).double()                      # (s, B)
-        if log_w.shape != (s, B):
-            raise ValueError(f"{type(model).__name__}.log_weights(x, {s}) must return shape ({s}, {B}), got {tuple(log_w.shape)}")
-        chunk = torch.logsumexp(log_w, dim=0)
-        lse = chunk if lse is None else torch.logaddexp(lse, chunk)
-        elbo_sum += log_w.sum(0); done += s
+    was_training = getattr(model, "training", False)
+    if was_training: model.eval()                                     # an estimate, not a training pass: no dropout, no batch-norm updates
+    try:
+        while done < k:
+            s = min(S, k - done)
+            log_w = model.log_weights(x, s).double()                  # (s, B)
+            if log_w.shape != (s, B):
+                raise ValueError(f"{type(model).__name__}.log_weights(x, {s}) must return shape ({s}, {B}), got {tuple(log_w.shape)}")
+            chunk = torch.logsumexp(log_w, dim=0)
+            lse = chunk if lse is None else torch.logaddexp(lse, chunk)
+            elbo_sum += log_w.sum(0); done += s
+    finally:
+        if was_training: model.train()
     return (lse - math.log(k)).float(), (elbo_sum / k).float()
 
 def bits_per_dim(nll_nats: Tensor | float, dims: int) -> Tensor | float:

@@ -451,7 +451,7 @@ def _validate(run: _Run) -> float:
     "Score the validation set, count evaluations without improvement, log the score, and keep the best model in best.pt."
     score = evaluate_mean(run.eval_model, run.valid_data, run.valid_fn, run.config.batch_size // run.world, run.device, seed=run.config.seed)
     s = run.state
-    improved = s.best_valid is None or score > s.best_valid
+    improved = math.isfinite(score) and (s.best_valid is None or score > s.best_valid)   # a NaN or infinite score is never the best
     if improved: s.best_valid, s.best_step, s.bad_evals = score, s.step, 0
     else: s.bad_evals += 1
     run.log({"step": s.step, "valid": score, "best": s.best_valid, "best_step": s.best_step})

@@ -23,6 +23,11 @@ def test_list(capsys):
     (["eval", "missing.pt"], "not found"),
     (["train", "vae", "--device", "cuda:7"], "CUDA"),
     (["train", "vae", "--device", "tpu9"], "device"),
+    (["train", "vae", "--max-time", "-5"], "--max-time must be a positive number"),      # issue 14: used to train one step and succeed
+    (["train", "vae", "--max-time", "nan"], "--max-time must be a positive number"),     # issue 14: used to be ignored
+    (["eval", "missing.pt", "--n", "0"], "--n must be a positive number"),               # issue 14: used to evaluate everything
+    (["eval", "missing.pt", "--iw", "0"], "--iw must be a positive number"),
+    (["eval", "missing.pt", "--batch-size", "-1"], "--batch-size must be a positive number"),
 ])
 def test_errors_are_one_line(argv, msg, capsys):
     if "cuda:7" in argv and torch.cuda.is_available(): pytest.skip("has CUDA")
@@ -59,6 +64,10 @@ def test_train_quick_then_eval(tmp_path, capsys):
     assert main(["eval", str(run / "best.pt"), "--iw", "5", "--n", "100", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["n"] == 100 and r["k"] == 5 and r["dataset"] == "binarized_mnist" and r["elbo"] < -r["nll"] + 1.0
+    assert main(["eval", str(run / "best.pt"), "--iw", "5", "--n", "100", "--no-progress"]) == 0      # issue 14: eval is seeded
+    assert json.loads(capsys.readouterr().out)["nll"] == r["nll"]
+    assert main(["eval", str(run / "best.pt"), "--iw", "5", "--n", "100", "--no-progress", "--seed", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["nll"] != r["nll"]
 
 
 def test_train_under_torchrun_two_processes(tmp_path):

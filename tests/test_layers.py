@@ -100,6 +100,7 @@ CONTRACT = {
     "conv_vae": (dict(x_shape=(3, 16, 16), z_dim=4, n_mix=2), lambda: _pixels(6, 3, 16, 16)),
     "pixelcnn_vae": (dict(z_dim=4, hidden=(16,), channels=8, layers=1), lambda: _binary(6, 1, 28, 28)),
     "lvae": (dict(z_channels=(2, 2), downsample=(1, 0), channels=8, blocks=1), lambda: _binary(6, 1, 28, 28)),
+    "biva": (dict(z_channels=(2, 2, 2), downsample=(1, 0, 1), channels=8, blocks=1), lambda: _binary(6, 1, 28, 28)),
     "vqvae": (dict(x_shape=(3, 16, 16), channels=16, dim=8, n_codes=16, n_mix=2), lambda: _pixels(6, 3, 16, 16)),
     "pixelcnn_prior": (dict(n_codes=8, grid=(4, 4), embed=8, channels=8, blocks=1, hidden=16), lambda: _codes(6, 4, 4)),
     "gated_pixelcnn_prior": (dict(n_codes=8, grid=(4, 4), embed=8, channels=8, layers=2, hidden=16), lambda: _codes(6, 4, 4)),

@@ -101,3 +101,28 @@ def test_evaluate_matches_exact_and_restores_mode(lg_data):
     assert r["nll"] == pytest.approx(-lg.exact_log_prob(x).mean().item(), abs=0.05)
     assert r["elbo"] < -r["nll"] and r["bpd"] == pytest.approx(r["nll"] / (5 * math.log(2)))
     with pytest.raises(ValueError, match="empty"): evaluate(lg, x[:0], k=2, progress=False)
+
+
+def test_iw_log_likelihood_evaluates_a_model_left_in_train_mode_as_in_eval_mode():
+    "Issue 14: a model in train mode gave a different number (dropout, batch statistics) and had its BatchNorm statistics updated."
+    from lvmkit.models.lvae import LadderVAE
+    torch.manual_seed(0)
+    m = LadderVAE(z_channels=(2, 2), downsample=(1, 0), channels=8, blocks=1, dropout=0.3)
+    x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+    stats = {k: v.clone() for k, v in m.state_dict().items() if "running" in k or "num_batches" in k}
+    m.train()
+    torch.manual_seed(1); a = iw_log_likelihood(m, x, k=8)[0]
+    assert m.training                                                          # the caller's mode is restored
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in stats.items())    # no batch-norm update
+    m.eval()
+    torch.manual_seed(1); b = iw_log_likelihood(m, x, k=8)[0]
+    assert torch.equal(a, b)
+
+
+def test_without_free_bits_the_kl_is_not_clamped():
+    "Issue 14: free_bits=0 still applied kl.mean().clamp(min=0), zeroing the gradient of a negative Monte-Carlo KL estimate."
+    for mode, kl in [("batch", torch.tensor([-0.5, 0.1])), ("example", torch.tensor([-0.5, 0.1])), ("dim", torch.tensor([[-0.5, 0.1]]))]:
+        k = kl.clone().requires_grad_()
+        pen = free_bits_kl(k, 0.0, mode)
+        pen.backward()
+        assert math.isclose(pen.item(), kl.sum().item() / kl.shape[0], rel_tol=1e-6) and (k.grad != 0).all(), mode

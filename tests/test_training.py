@@ -418,3 +418,18 @@ def test_resume_rewrites_the_log_without_lines_after_the_checkpoint(tmp_path):
     steps = [r["step"] for r in res.history]
     assert steps == list(range(1, 9)) and [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == steps
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_nan_validation_score_is_never_the_best(tmp_path):
+    "Issue 14: a NaN score at the first evaluation used to lock that checkpoint in as best for the whole run."
+    calls = {"n": 0}
+    def valid_fn(model, x):
+        calls["n"] += 1
+        score = model(x).mean(1) * 0 + (float("nan") if calls["n"] == 1 else -float(calls["n"]) / 10)   # NaN first, then finite
+        return score
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3)
+    data = torch.randn(64, 3)
+    cfg = TrainConfig(steps=6, batch_size=16, lr=1e-3, eval_every=2, log_every=2)
+    res = fit(model, data, data[:16], cfg, loss_fn=lambda m, x, s: (((m(x) - x) ** 2).mean(), {}), valid_fn=valid_fn, run_dir=tmp_path, progress=False)
+    assert res.best_step == 4 and math.isfinite(res.best_valid)              # the first finite score wins, not the NaN at step 2

@@ -271,3 +271,16 @@ def test_a_fitted_prior_is_part_of_the_model_its_spec_and_its_checkpoint(tmp_pat
     assert m.prior is None and "prior" not in m.spec["kwargs"] and torch.allclose(m.log_prob(x), uniform)
     with pytest.raises(ValueError, match="not both"): fit_prior(m, stage, x, latents=m.prior_data(x))
     with pytest.raises(TypeError, match="fitted prior"): fit_prior(build_model("mlp_vae", z_dim=2, hidden=(4,)), stage, x)
+
+
+def test_a_prior_for_other_codes_is_refused():
+    "Issue 14: a prior built for 16 codes was accepted by an 8-code VQ-VAE (and scored its codes silently wrong)."
+    from lvmkit.core import build_model
+    vq = build_model("vqvae", x_shape=(3, 16, 16), channels=16, dim=8, n_codes=8, n_mix=2)
+    args = vq.prior_arguments()
+    with pytest.raises(ValueError, match="n_codes"):
+        vq.set_prior(build_model("pixelcnn_prior", n_codes=16, grid=args["grid"], embed=8, channels=8, blocks=1, hidden=16))
+    with pytest.raises(ValueError, match="grid"):
+        vq.set_prior(build_model("pixelcnn_prior", n_codes=8, grid=(2, 2), embed=8, channels=8, blocks=1, hidden=16))
+    vq.set_prior(build_model("pixelcnn_prior", **args, embed=8, channels=8, blocks=1, hidden=16))      # the right one is taken
+    assert vq.prior is not None

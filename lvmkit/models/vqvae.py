@@ -228,6 +228,10 @@ class VQVAE(LatentVariableModule):
 
     def set_prior(self, prior: nn.Module | None) -> None:
         "Use `prior` over the codes (None: uniform); a prior built by build_model is recorded in this model's spec, so checkpoints restore it."
+        want = self.prior_arguments()                                    # a prior built for other codes would score them silently wrong
+        have = {n: getattr(prior, n, None) for n in want} if prior is not None else {}
+        bad = {n: h for n, h in have.items() if h is not None and (tuple(h) if isinstance(want[n], tuple) else h) != want[n]}
+        if bad: raise ValueError(f"this prior was built for {bad}, but this VQ-VAE has {want}: build the prior with prior_arguments()")
         self.prior = prior
         spec = getattr(self, "spec", None)
         if spec is not None:
