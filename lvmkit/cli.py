@@ -100,4 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvmkit: error: {msg}", file=sys.stderr)
         return 2
     print(json.dumps(out, indent=1, default=str))
+    if out.get("interrupted"):                                                          # SIGINT / SIGTERM: checkpointed, not finished
+        print(f"lvmkit: stopped by {out['interrupted']} at step {out['steps']}; the checkpoint is saved: run the same command to resume",
+              file=sys.stderr)
+        return 130
     return 0

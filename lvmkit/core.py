@@ -13,7 +13,7 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['MODELS', 'MODEL_PACKAGES', 'quick', 'default_device', 'seed_everything', 'describe_hardware', 'git_commit',
-           'atomic_write', 'register_model', 'import_models', 'build_model']
+           'atomic_write', 'remove_stale_temporaries', 'register_model', 'import_models', 'build_model']
 
 # %% ../nbs/00_core.ipynb #a3ff54d6
 def quick() -> bool:
@@ -80,6 +80,21 @@ def atomic_write(path: str | Path,
         tmp.unlink(missing_ok=True); raise
     _fsync_dir(path.parent)
     return path
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OSError): return True
+    return True
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    "Delete the temporary files that `atomic_write` calls that were killed mid-write left in `folder` (their process is gone); returns them."
+    removed = []
+    for f in Path(folder).glob(".*.tmp"):
+        parts = f.name.split(".")                                         # ['', name..., pid, hex, 'tmp']
+        if len(parts) < 5 or not parts[-3].isdigit() or int(parts[-3]) == os.getpid() or _alive(int(parts[-3])): continue
+        f.unlink(missing_ok=True); removed.append(f)
+    return removed
 
 # %% ../nbs/00_core.ipynb #a3228c3c
 MODELS: dict[str, Callable[..., nn.Module]] = {}

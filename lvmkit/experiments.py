@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_experiments.ipynb #8f318cc2
 from __future__ import annotations
-import json, math, time
+import json, math, os, time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -178,6 +178,40 @@ def _evaluate_and_record(model: nn.Module, exp: Experiment, name: str, test: Dat
         for i, (k, r) in enumerate(evals.items())]
     return evals, records
 
+def _check_folder(what: str, path: str | Path) -> Path:
+    "An output folder that can be used, checked before any training starts: not empty, not the current folder, not a file, writable."
+    if str(path).strip() == "": raise ValueError(f"the {what} is an empty path: name a folder (e.g. runs/NAME)")
+    path = Path(path)
+    if path.resolve() == Path.cwd().resolve():
+        raise ValueError(f"the {what} {str(path)!r} is the current folder; lvmkit writes and replaces files there: name a subfolder")
+    if path.exists() and not path.is_dir(): raise ValueError(f"the {what} {str(path)!r} is a file, not a folder")
+    probe = next((p for p in [path, *path.parents] if p.exists()), Path("."))          # the folder that would hold it
+    if not os.access(probe, os.W_OK | os.X_OK): raise ValueError(f"the {what} {str(path)!r} cannot be written ({str(probe)!r} is not writable)")
+    return path
+
+_RUN_DEFINING = ("name", "model", "model_kwargs", "objective", "loss")   # with data (less its protocol text and test subset): what a run was trained for
+
+def _run_definition(exp: dict) -> dict:
+    data = {k: v for k, v in (exp.get("data") or {}).items() if k not in ("protocol", "test_n")}
+    return {**{k: exp.get(k) for k in _RUN_DEFINING}, "data": data}
+
+def _check_same_run(run_dir: Path, exp: Experiment) -> None:
+    "Refuse to resume a checkpoint in run_dir that was trained for another experiment (model, arguments, objective, loss, data, quick or full)."
+    old_path = run_dir / "experiment.json"
+    if not (run_dir / "last.pt").exists(): return
+    if not old_path.exists():
+        raise ValueError(f"{run_dir} holds a checkpoint (last.pt) but no experiment.json saying what it was trained for; "
+                         "use another run folder, or start fresh (resume=False; lvmkit train --fresh)")
+    try: old = json.loads(old_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{old_path} is unreadable ({type(e).__name__}: {e}); it says what the checkpoint beside it was trained for. "
+                         "Use another run folder, or start fresh (resume=False; lvmkit train --fresh)") from None
+    a, b = _run_definition(old), _run_definition(json.loads(json.dumps(asdict(exp), default=str)))
+    diff = [f"{k}: {a[k]!r} (checkpoint) vs {b[k]!r} (now)" for k in a if a[k] != b[k]]
+    if diff:
+        raise ValueError(f"{run_dir} holds a run of {old.get('name')!r} that differs from {exp.name!r} in {'; '.join(diff)[:600]}. "
+                         "Resuming would mix the two: use another run folder, or start fresh (resume=False; lvmkit train --fresh)")
+
 def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: str | Path | None = None,
                    run_dir: str | Path | None = None, results_dir: str | Path | None = None,
                    device: torch.device | str | None = None, progress: bool = True, resume: bool = True,
@@ -188,7 +222,9 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
     if quick_mode: exp = exp.as_quick()
     if exp.loss not in OBJECTIVES: raise ValueError(f"unknown loss {exp.loss!r}; registered: {sorted(OBJECTIVES)}")
     device = torch.device(device) if device is not None else default_device()
-    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / exp.name
+    run_dir = _check_folder("run folder", run_dir if run_dir is not None else Path("runs") / exp.name)
+    if results_dir is not None: results_dir = _check_folder("results folder", results_dir)
+    if resume: _check_same_run(run_dir, exp)
     seed_everything(exp.train.seed)
     train, valid, test = _splits(exp, quick_mode, data_root)
     model = build_model(exp.model, **exp.model_kwargs)
@@ -199,7 +235,7 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
               monitor=_monitor(model, exp, valid if valid is not None else train, device))
     summary: dict[str, Any] = dict(name=exp.name, finished=res.finished, steps=res.steps, run_dir=str(run_dir),
                                    train_wall_time_s=res.total_time_s, train_examples_per_s=res.total_examples_per_s,
-                                   stopped_early=res.stopped_early, best_step=res.best_step)
+                                   stopped_early=res.stopped_early, best_step=res.best_step, interrupted=res.interrupted)
     if not res.finished: return summary
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0: return summary  # rank 0 evaluates and writes
     ckpt = run_dir / ("best.pt" if valid is not None and (run_dir / "best.pt").exists() else "last.pt")

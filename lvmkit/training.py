@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_training.ipynb #50aba7f7
 from __future__ import annotations
-import inspect, json, math, os, time
+import contextlib, inspect, json, math, os, signal, threading, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
@@ -17,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 from . import __version__
-from .core import default_device, describe_hardware, git_commit, seed_everything
+from .core import default_device, describe_hardware, git_commit, remove_stale_temporaries, seed_everything
 from .protocol import HasDataInit, HasLogProb
 from lvmkit.checkpoint import (
     RESUMABLE_FIELDS, atomic_write, check_compatible, check_resumable, ema_weights, load_checkpoint, load_model, rng_state, save_checkpoint,
@@ -389,6 +389,10 @@ def _new_run(model: nn.Module, train_data: Dataset | Tensor, valid_data: Dataset
 # %% ../nbs/04_training.ipynb #0c429c9a
 def _start_run(run: _Run) -> None:
     "Start afresh: seed this rank, run the model's `data_init` on the first batch, and (rank 0) start the run folder."
+    if run.writer and run.run_dir is not None and not (run.run_dir / "config.json").exists():   # before anything runs
+        foreign = [n for n in ("last.pt", "best.pt") if (run.run_dir / n).exists()]
+        if foreign: raise ValueError(f"{run.run_dir} holds {' and '.join(foreign)} that no lvmkit run wrote there (no config.json beside them); "
+                                     "lvmkit will not replace them: choose another run folder")
     seed_everything(run.config.seed + run.rank)
     if isinstance(run.model, HasDataInit): run.model.data_init(next(run.batches.epoch(0))[0])  # before DDP copies rank 0's weights to every rank
     if not run.writer: return
@@ -403,7 +407,13 @@ def _start_run(run: _Run) -> None:
 def _read_history(path: Path, upto: int) -> list[dict]:
     "The records of metrics.jsonl up to step `upto`; the file is rewritten without later lines (written after the last checkpoint)."
     if not path.exists(): return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for n, line in enumerate(lines, 1):
+        try: records.append(json.loads(line))
+        except ValueError:
+            if n == len(lines): break                                       # a line torn by a kill mid-write: it came after the checkpoint
+            raise ValueError(f"{path}, line {n}, is not a JSON record ({line[:80]!r}); fix or delete that line to resume") from None
     records = [r for r in records if r["step"] <= upto]
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
@@ -495,6 +505,21 @@ def _log_window(run: _Run) -> dict:
     return rec
 
 # %% ../nbs/04_training.ipynb #dcd1f0d2
+_SIGNALLED: dict = {"by": None}      # the signal (SIGINT, SIGTERM) that asked the running fit to stop after its current step
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    "While training: SIGINT or SIGTERM finishes the current step, saves last.pt and returns (a second SIGINT interrupts at once)."
+    if threading.current_thread() is not threading.main_thread(): yield; return    # handlers can only be set from the main thread
+    def handler(signum, frame):
+        if _SIGNALLED["by"] is not None and signum == signal.SIGINT: raise KeyboardInterrupt
+        _SIGNALLED["by"] = signal.Signals(signum).name
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _SIGNALLED["by"] = None
+    try: yield
+    finally:
+        for sig, h in old.items(): signal.signal(sig, h)
+
 def _train(run: _Run, end: int, deadline: float | None, bar: tqdm) -> None:
     "Take steps until the run is done, reaches step `end`, or some rank passes `deadline`; log and evaluate on the way."
     batches, stop = run.batches.from_step(run.state.step), False
@@ -502,7 +527,7 @@ def _train(run: _Run, end: int, deadline: float | None, bar: tqdm) -> None:
         x, bad = next(batches)
         if _any_rank(bad, run.world, run.device):
             raise ValueError(f"batch at step {run.state.step} contains NaN/Inf; clean the data (lvmkit.data checks it)")
-        stop = _take_step(run, x, stop=deadline is not None and time.monotonic() > deadline).stop
+        stop = _take_step(run, x, stop=(deadline is not None and time.monotonic() > deadline) or _SIGNALLED["by"] is not None).stop
         bar.update(1)
         if run.state.step % run.config.log_every == 0:
             rec = _log_window(run); bar.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}", refresh=False)
@@ -532,6 +557,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list, repr=False)  # the records of metrics.jsonl
     run_dir: Path | None = None
     model: nn.Module | None = field(default=None, repr=False)      # trained model in eval mode; the EMA model if ema_decay is set
+    interrupted: str | None = None   # 'SIGINT' or 'SIGTERM' if a signal stopped the run (last.pt holds its last step)
 
 def _result(run: _Run) -> TrainResult:
     "The TrainResult of `run`."
@@ -542,6 +568,23 @@ def _result(run: _Run) -> TrainResult:
                        skipped_steps=s.skipped_steps, history=run.history, run_dir=run.run_dir, model=run.eval_model.eval())
 
 # %% ../nbs/04_training.ipynb #a7b844b6
+@contextlib.contextmanager
+def _run_lock(run: _Run):
+    "Hold an exclusive lock on run_dir/.lock while training (rank 0): a second training into the same folder is refused, naming the first."
+    if not run.writer or run.run_dir is None: yield; return
+    try: import fcntl
+    except ImportError: yield; return                                    # no advisory locks on this platform
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run.run_dir / ".lock", "a+")
+    try:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); other = f.read().strip() or "unknown"
+            raise ValueError(f"{run.run_dir} is in use by another training (process {other}); wait for it to finish or use another run folder") from None
+        f.seek(0); f.truncate(); f.write(f"{os.getpid()}\n"); f.flush()
+        yield
+    finally: f.close()                                                   # closing the file releases the lock
+
 def fit(model: nn.Module,
         train_data: Dataset | Tensor,
         valid_data: Dataset | Tensor | None = None,
@@ -559,17 +602,23 @@ def fit(model: nn.Module,
     "Train `model` by minimising `loss_fn` on `train_data` as `config` says; validate, checkpoint to `run_dir` and resume from it."
     t_start = time.monotonic()
     run = _new_run(model, train_data, valid_data, config, loss_fn, valid_fn, monitor, run_dir, device)
-    last = run.run_dir / "last.pt" if run.run_dir is not None else None
-    ckpt = load_checkpoint(last) if resume and last is not None and last.exists() else None
-    if ckpt is None: _start_run(run)
-    else: _resume_run(run, ckpt)
-    run.module = _ddp(run.module, run.world, run.device)                 # under DDP every rank now holds rank 0's weights
-    run.ema = _make_ema(model, config.ema_decay, None if ckpt is None else ckpt["ema"])
-    if config.compile: run.module = torch.compile(run.module)
-    del ckpt
-    end = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
-    deadline = None if max_time_s is None else t_start + max_time_s
-    with tqdm(total=config.steps, initial=run.state.step, disable=not progress or run.rank != 0, unit="step", dynamic_ncols=True) as bar:
-        _train(run, end, deadline, bar)
-        _finish(run)
-    return _result(run)
+    with _run_lock(run):                                                   # one training per run folder at a time
+        if run.writer and run.run_dir is not None and run.run_dir.is_dir(): remove_stale_temporaries(run.run_dir)   # left by killed writes
+        last = run.run_dir / "last.pt" if run.run_dir is not None else None
+        ckpt = load_checkpoint(last) if resume and last is not None and last.exists() else None
+        if ckpt is None: _start_run(run)
+        else: _resume_run(run, ckpt)
+        run.module = _ddp(run.module, run.world, run.device)                 # under DDP every rank now holds rank 0's weights
+        run.ema = _make_ema(model, config.ema_decay, None if ckpt is None else ckpt["ema"])
+        if config.compile: run.module = torch.compile(run.module)
+        del ckpt
+        end = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
+        deadline = None if max_time_s is None else t_start + max_time_s
+        with _stop_on_signals(), tqdm(total=config.steps, initial=run.state.step, disable=not progress or run.rank != 0, unit="step",
+                                      dynamic_ncols=True) as bar:
+            _train(run, end, deadline, bar)
+            _finish(run)
+        res = _result(run)
+        res.interrupted = _SIGNALLED["by"]
+        return res
+

@@ -147,3 +147,29 @@ def test_eval_uses_the_runs_recorded_evaluation_settings(tmp_path, capsys):
     assert (r["batch_size"], r["max_elements"]) == (7, 3 * 7 * 784)
     assert main(["eval", str(tmp_path / "run" / "best.pt"), "--iw", "4", "--n", "20", "--batch-size", "20", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["batch_size"] == 20
+
+
+def test_output_folders_are_checked_before_training(tmp_path, capsys, monkeypatch):
+    "Issue 14: --out '' trained into the current folder (deleting a best.pt there); a results folder that is a file failed only at the end."
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "best.pt").write_bytes(b"mine")
+    assert main(["train", "vae", "--quick", "--out", "", "--no-progress"]) == 2
+    assert "empty path" in capsys.readouterr().err
+    assert main(["train", "vae", "--quick", "--out", ".", "--no-progress"]) == 2
+    assert "current folder" in capsys.readouterr().err
+    (tmp_path / "res").write_text("a file")
+    assert main(["train", "vae", "--quick", "--out", "run", "--results-dir", "res", "--no-progress"]) == 2
+    assert "is a file" in capsys.readouterr().err and not (tmp_path / "run").exists()     # refused before anything was written
+    assert (tmp_path / "best.pt").read_bytes() == b"mine"
+
+
+def test_resuming_a_folder_of_another_experiment_is_refused(tmp_path, capsys):
+    "Issue 14: a full run silently continued a quick run's checkpoint in the same folder."
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--quick", "--out", str(run), "--no-progress", "--max-time", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["train", "vae", "--out", str(run), "--no-progress", "--max-time", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "'vae-mlp-quick'" in err and "--fresh" in err
+    assert main(["train", "iaf", "--quick", "--out", str(run), "--no-progress", "--max-time", "0.5"]) == 2     # another model
+    assert "model" in capsys.readouterr().err

@@ -433,3 +433,76 @@ def test_a_nan_validation_score_is_never_the_best(tmp_path):
     cfg = TrainConfig(steps=6, batch_size=16, lr=1e-3, eval_every=2, log_every=2)
     res = fit(model, data, data[:16], cfg, loss_fn=lambda m, x, s: (((m(x) - x) ** 2).mean(), {}), valid_fn=valid_fn, run_dir=tmp_path, progress=False)
     assert res.best_step == 4 and math.isfinite(res.best_valid)              # the first finite score wins, not the NaN at step 2
+
+
+def test_a_fresh_run_never_deletes_checkpoints_it_did_not_write(tmp_path):
+    "Issue 14: starting afresh deleted a user's best.pt in a folder that no lvmkit run had written."
+    (tmp_path / "best.pt").write_bytes(b"the user's own file")
+    with pytest.raises(ValueError, match="no lvmkit run wrote"):
+        fit(nn.Linear(2, 2), gaussian_data(32), config=TrainConfig(steps=2, batch_size=8), loss_fn=lambda m, x, s: ((m(x) ** 2).mean(), {}),
+            run_dir=tmp_path, resume=False, **CPU)
+    assert (tmp_path / "best.pt").read_bytes() == b"the user's own file"
+
+
+def test_resume_removes_stale_temporaries_and_survives_a_torn_log_line(tmp_path):
+    "Issue 14: temporary files of killed checkpoint writes stayed forever; a torn last line of metrics.jsonl blocked resume without naming the file."
+    loss = lambda m, x, s: ((m(x) ** 2).mean(), {})
+    cfg = TrainConfig(steps=4, batch_size=8, log_every=1)
+    fit(nn.Linear(2, 2), gaussian_data(32), config=replace(cfg, steps=2), loss_fn=loss, run_dir=tmp_path, **CPU)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".last.pt.{dead}.0badc0de.tmp"; stale.write_bytes(b"half a checkpoint")
+    with open(tmp_path / "metrics.jsonl", "a") as f: f.write('{"step": 3, "loss": 1.')                # killed mid-line
+    res = fit(nn.Linear(2, 2), gaussian_data(32), config=cfg, loss_fn=loss, run_dir=tmp_path, **CPU)
+    assert res.steps == 4 and not stale.exists()
+    assert all(json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if l.strip())
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")     # damage inside the log: named
+    with pytest.raises(ValueError, match="metrics.jsonl, line 2"):
+        fit(nn.Linear(2, 2), gaussian_data(32), config=replace(cfg, steps=6), loss_fn=loss, run_dir=tmp_path, **CPU)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, sig):
+    "Issue 14: SIGINT or SIGTERM lost everything since the last checkpoint and printed a traceback."
+    import signal, time
+    code = ("import json, time, torch; from torch import nn; from lvmkit.training import TrainConfig, fit\n"
+            "def loss(m, x, s): time.sleep(0.02); return (m(x) ** 2).mean(), {}\n"
+            f"r = fit(nn.Linear(2, 2), torch.randn(64, 2), config=TrainConfig(steps=100000, batch_size=8, log_every=1, eval_every=10**6), "
+            f"loss_fn=loss, run_dir={str(tmp_path)!r}, device='cpu', progress=False)\n"
+            "print(json.dumps(dict(steps=r.steps, finished=r.finished, interrupted=r.interrupted)))")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = tmp_path / "metrics.jsonl"
+    for _ in range(600):                                                         # wait until it is training
+        if log.exists() and log.read_text().count("\n") >= 3: break
+        time.sleep(0.05)
+    p.send_signal(getattr(signal, sig))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and "Traceback" not in err, err
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["interrupted"] == sig and not r["finished"] and r["steps"] >= 3
+    assert load_checkpoint(tmp_path / "last.pt")["state"]["step"] == r["steps"]    # nothing lost: last.pt holds the last step
+
+
+def test_a_second_training_into_a_busy_run_folder_is_refused(tmp_path):
+    "Issue 14: two trainings into one folder interleaved their logs, and a fresh one deleted the running one's checkpoints."
+    import signal, time
+    code = ("import time, torch; from torch import nn; from lvmkit.training import TrainConfig, fit\n"
+            "def loss(m, x, s): time.sleep(0.02); return (m(x) ** 2).mean(), {}\n"
+            f"fit(nn.Linear(2, 2), torch.randn(64, 2), config=TrainConfig(steps=100000, batch_size=8, log_every=1, eval_every=10**6), "
+            f"loss_fn=loss, run_dir={str(tmp_path)!r}, device='cpu', progress=False)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        log = tmp_path / "metrics.jsonl"
+        for _ in range(600):
+            if log.exists() and log.read_text().count("\n") >= 2: break
+            time.sleep(0.05)
+        with pytest.raises(ValueError, match=f"in use by another training \\(process {p.pid}\\)"):
+            fit(nn.Linear(2, 2), gaussian_data(32), config=TrainConfig(steps=2, batch_size=8), loss_fn=lambda m, x, s: ((m(x) ** 2).mean(), {}),
+                run_dir=tmp_path, resume=False, **CPU)
+        assert (tmp_path / "config.json").exists() and p.poll() is None          # the running one is untouched
+    finally:
+        p.send_signal(signal.SIGTERM); p.communicate(timeout=60)
+    fit(nn.Linear(2, 2), gaussian_data(32), config=TrainConfig(steps=2, batch_size=8), loss_fn=lambda m, x, s: ((m(x) ** 2).mean(), {}),
+        run_dir=tmp_path, resume=False, **CPU)                                  # free again once it has stopped
