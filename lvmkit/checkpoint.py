@@ -4,7 +4,7 @@
 
 # %% ../nbs/04a_checkpoint.ipynb #bcc9ef11
 from __future__ import annotations
-import inspect, os, random, secrets
+import inspect, os, random, secrets, zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -28,6 +28,11 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir(): raise IsADirectoryError(f"{path} is a folder; pass {path / 'last.pt'} or {path / 'best.pt'}")
     if not path.is_file(): raise FileNotFoundError(f"no checkpoint at {path}")
+    if zipfile.is_zipfile(path):                                          # torch's format: a zip whose records carry CRC-32 checksums
+        try:
+            with zipfile.ZipFile(path) as z: bad = z.testzip()            # reads every record once: a flipped byte fails its CRC
+        except (zipfile.BadZipFile, OSError, EOFError) as e: bad = f"the archive itself ({e})"
+        if bad: raise ValueError(f"{path} is damaged: {bad} fails its checksum (a changed or truncated byte); restore it or train again")
     try: ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e: raise ValueError(f"{path} is not an lvmkit checkpoint: torch.load failed ({type(e).__name__}: {str(e)[:200]})") from e
     if not isinstance(ckpt, dict) or "lvmkit_version" not in ckpt or "model" not in ckpt:

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             out = {"experiments": {n: e.description for n, e in sorted(EXPERIMENTS.items())}, "aliases": ALIASES, "models": sorted(MODELS)}
         elif a.command == "train": out = _train(a)
         else: out = _eval(a)
-    except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
+    except (FileNotFoundError, KeyError, ValueError, TypeError, FloatingPointError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"lvmkit: error: {msg}", file=sys.stderr)
         return 2

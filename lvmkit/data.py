@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #bad6d340
 from __future__ import annotations
-import gzip, hashlib, os, urllib.request, zipfile
+import gzip, hashlib, os, urllib.request, warnings, zipfile
 from pathlib import Path
 import numpy as np
 import torch
@@ -52,8 +52,22 @@ def _check_split(split: str, valid: tuple[str, ...]) -> None:
 def _sha256(b: bytes) -> str: return hashlib.sha256(b).hexdigest()
 
 def _save_npy(path: Path, a: np.ndarray) -> None:
-    "Write `a` to `path` atomically (lvmkit.core.atomic_write), so no reader sees half a file."
+    "Write `a` to `path` atomically (lvmkit.core.atomic_write), so no reader sees half a file, then its SHA-256 beside it (`path`.sha256)."
     atomic_write(path, lambda f: np.save(f, a))
+    atomic_write(path.with_name(path.name + ".sha256"), _sha256(np.ascontiguousarray(a).tobytes()) + "\n")
+
+def _load_npy(path: Path) -> np.ndarray | None:
+    "The cached array at `path` if it is there and matches the SHA-256 written beside it; else None (a damaged cache is deleted and rebuilt)."
+    digest = path.with_name(path.name + ".sha256")
+    if not path.is_file(): return None
+    try:
+        a = np.load(path)
+        ok = digest.is_file() and digest.read_text().strip() == _sha256(np.ascontiguousarray(a).tobytes())
+    except (OSError, ValueError): ok = False
+    if ok: return a
+    warnings.warn(f"the cached array {path} does not match its checksum (damaged or from an older lvmkit); rebuilding it from the data files")
+    path.unlink(missing_ok=True); digest.unlink(missing_ok=True)
+    return None
 
 # %% ../nbs/01_data.ipynb #8dcec08f
 BINARIZED_MNIST_SHA256 = {  # of the uncompressed .amat text, as published by TensorFlow Datasets
@@ -88,7 +102,7 @@ def _binarized_split(split: str, root: str | Path | None, download: bool) -> np.
     "One split of binarized MNIST as uint8 (N, 784): from the cache, else parsed, verified and cached."
     sha = BINARIZED_MNIST_SHA256[split]
     cache = cache_dir() / "binarized_mnist" / f"binarized_mnist_{split}-{sha}.npy"
-    if cache.is_file(): return np.load(cache)
+    if (x := _load_npy(cache)) is not None: return x
     folder = data_root(root) / "binarized_mnist"
     looked = [folder / f"binarized_mnist_{split}.amat", folder / f"binarized_mnist_{split}.amat.gz"]
     path = next((p for p in looked if p.is_file()), None)
@@ -183,7 +197,7 @@ def _cifar_npz(root: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
     sha = CIFAR10_SHA256[split]
     cx = cache_dir() / "cifar10" / f"cifar10_{split}_x_nchw-{sha['x']}.npy"
     cy = cache_dir() / "cifar10" / f"cifar10_{split}_y-{sha['y']}.npy"
-    if cx.is_file() and cy.is_file(): return np.load(cx), np.load(cy)
+    if cx.is_file() and cy.is_file() and (x := _load_npy(cx)) is not None and (y := _load_npy(cy)) is not None: return x, y
     path = root / "cifar10" / f"cifar10_{split}.npz"
     if not path.is_file(): return None
     try:

@@ -620,5 +620,8 @@ def fit(model: nn.Module,
             _finish(run)
         res = _result(run)
         res.interrupted = _SIGNALLED["by"]
+        if res.skipped_steps * 2 > max(res.steps, 1):                        # most steps skipped: the run diverged, it did not finish
+            raise FloatingPointError(f"{res.skipped_steps} of {res.steps} steps were skipped as non-finite (on_nonfinite='skip'): the run "
+                                     f"diverged; last.pt is saved. Lower the learning rate or clip gradients (TrainConfig.grad_clip)")
         return res
 

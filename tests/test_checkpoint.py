@@ -94,3 +94,13 @@ def test_checkpoint_does_not_import_the_training_loop():
     code = "import sys, lvmkit.checkpoint; assert 'lvmkit.training' not in sys.modules, 'lvmkit.checkpoint imports lvmkit.training'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_caught(tmp_path):
+    "Issue 14: a flipped byte in a checkpoint gave a changed number with exit status 0."
+    import torch
+    from lvmkit.checkpoint import load_checkpoint, save_checkpoint
+    p = save_checkpoint(tmp_path / "c.pt", model={"w": torch.randn(200, 50)})
+    assert torch.equal(load_checkpoint(p)["model"]["w"], torch.load(p, weights_only=True)["model"]["w"])
+    data = bytearray(p.read_bytes()); data[len(data) // 2] ^= 0x10; p.write_bytes(bytes(data))   # inside the weights
+    with pytest.raises(ValueError, match="damaged"): load_checkpoint(p)

@@ -263,3 +263,17 @@ def test_cifar10_torchvision_layout(tmp_path, monkeypatch):
     xt, yt = cifar10("test", root=tmp_path).tensors
     assert xt.shape == (4, 3, 32, 32) and xt.dtype == torch.uint8 and yt.dtype == torch.int64
     assert torch.equal(xt.permute(0, 2, 3, 1), torch.from_numpy(x)) and yt.tolist() == [3, 1, 4, 1]
+
+
+def test_a_damaged_data_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
+    "Issue 14: a flipped byte in a parsed data cache changed the data silently."
+    import numpy as np
+    from lvmkit.data import binarized_mnist
+    monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path))
+    x = binarized_mnist("test").tensors[0]
+    cache = next((tmp_path / "binarized_mnist").glob("*test*.npy"))
+    assert cache.with_name(cache.name + ".sha256").is_file()
+    a = np.load(cache); a.flat[12345] ^= 1; np.save(cache, a)                                   # one pixel flipped in the cache
+    with pytest.warns(UserWarning, match="does not match its checksum"):
+        y = binarized_mnist("test").tensors[0]
+    assert torch.equal(x, y)                                                                    # rebuilt from the verified source

@@ -506,3 +506,14 @@ def test_a_second_training_into_a_busy_run_folder_is_refused(tmp_path):
         p.send_signal(signal.SIGTERM); p.communicate(timeout=60)
     fit(nn.Linear(2, 2), gaussian_data(32), config=TrainConfig(steps=2, batch_size=8), loss_fn=lambda m, x, s: ((m(x) ** 2).mean(), {}),
         run_dir=tmp_path, resume=False, **CPU)                                  # free again once it has stopped
+
+
+def test_a_run_that_skipped_most_of_its_steps_is_not_finished(tmp_path):
+    "Issue 14: on_nonfinite='skip' that skipped 110 of 120 steps reported a finished run."
+    def loss_fn(model, x, step):
+        loss = -model.log_prob(x).mean()
+        return (loss * float("inf") if step >= 3 else loss), {}
+    cfg = TrainConfig(steps=12, batch_size=16, on_nonfinite="skip", log_every=4)
+    with pytest.raises(FloatingPointError, match="9 of 12 steps were skipped"):
+        fit(DiagGaussian(), gaussian_data(), config=cfg, loss_fn=loss_fn, run_dir=tmp_path, **CPU)
+    assert load_checkpoint(tmp_path / "last.pt")["state"]["step"] == 12
