@@ -13,7 +13,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, kl
 from .blocks import MLP   # re-exported: the conditional distributions are built on it
 
 # %% auto #0
-__all__ = ['ConditionalNormal', 'ConditionalBernoulli', 'check_binary', 'StandardNormal', 'rsample_and_log_prob', 'HALF_BIN', 'pixels_to_float', 'float_to_pixels', 'check_pixels', 'log_discretized_logistic', 'channel_means', 'DiscretizedLogisticMixture', 'dmol_params_size', 'ConditionalDMoL', 'ImageLikelihood', 'precision_weighted']
+__all__ = ['ConditionalNormal', 'ConditionalBernoulli', 'check_batch', 'check_binary', 'StandardNormal', 'rsample_and_log_prob', 'HALF_BIN', 'pixels_to_float', 'float_to_pixels', 'check_pixels', 'log_discretized_logistic', 'channel_means', 'DiscretizedLogisticMixture', 'dmol_params_size', 'ConditionalDMoL', 'ImageLikelihood', 'precision_weighted']
 
 # %% ../nbs/02_distributions.ipynb #cbf8fdd0
 class ConditionalNormal(nn.Module):
@@ -53,8 +53,17 @@ class ConditionalBernoulli(nn.Module):
         return Independent(Bernoulli(logits=logits, validate_args=False), len(self.event_shape))
 
 # %% ../nbs/02_distributions.ipynb #9b699dbc
+def check_batch(x: Tensor, what: str = "x") -> None:
+    "Raise a TypeError or ValueError naming the problem unless `x` is a Tensor batch with at least one example."
+    if not isinstance(x, Tensor): raise TypeError(f"{what} must be a torch Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"{what} is an empty batch (shape {tuple(x.shape)}): pass at least one example")
+
 def check_binary(x: Tensor, what: str = "x") -> None:
-    "Raise a ValueError unless every entry of `x` is exactly 0 or 1 (and finite)."
+    "Raise a TypeError or ValueError unless `x` is a non-empty float32 batch whose entries are exactly 0 or 1."
+    check_batch(x, what)
+    if x.dtype != torch.float32:
+        raise TypeError(f"a Bernoulli likelihood takes float32 images of 0s and 1s, but {what} has dtype {x.dtype}; convert it with {what}.float()")
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} contains NaN or Inf values")
     if not ((x == 0) | (x == 1)).all():
@@ -114,6 +123,7 @@ def check_pixels(x: Tensor, # the values to check
                 ) -> None:
     "Raise a TypeError or ValueError unless `x` holds integer pixel values 0..255 with trailing shape `event_shape`."
     if not isinstance(x, Tensor): raise TypeError(f"{what} must be a torch.Tensor of pixel values, got {type(x).__name__}")
+    check_batch(x, what)
     if x.dtype not in _INT_DTYPES:
         raise TypeError(f"the discretized logistic mixture takes integer pixel values 0..255 (uint8 or long), but {what} has "
                         f"dtype {x.dtype}; use float_to_pixels(x) if x is scaled to [-1, 1], or x.round().long() if it holds 0..255")
@@ -282,6 +292,7 @@ class ImageLikelihood(nn.Module):
 
     def check(self, x: Tensor) -> None:
         "Raise a ValueError naming the problem unless x holds valid values for this likelihood (0/1, or 8-bit pixels)."
+        check_batch(x)
         if self.kind == "bernoulli": check_binary(x)
         else: check_pixels(x, self.x_shape)
 

@@ -120,3 +120,15 @@ def test_every_registered_model_keeps_the_protocol(name):
     kwargs, make_x = CONTRACT[name]
     model = build_model(name, **kwargs)
     check_model(model, make_x(), k=8, n_mc=32, loss_fn=TRAINING_LOSS.get(name))
+
+
+@pytest.mark.parametrize("name", sorted(set(CONTRACT) - {"gaussian_vae", "pixelcnn_prior", "gated_pixelcnn_prior"}))
+def test_wrong_dtypes_and_empty_batches_get_one_clear_error(name):
+    "Issue 14: uint8, float64, int and bool images and empty batches reached the user as torch internals (dtype mismatches, reshape errors)."
+    kwargs, make_x = CONTRACT[name]
+    model = build_model(name, **kwargs).eval()
+    x = make_x()
+    wrong = [torch.float64, torch.bool] + ([torch.uint8, torch.int64] if x.is_floating_point() else [torch.float32])
+    for dt in wrong:
+        with pytest.raises(TypeError, match="dtype"): model.log_prob(x.to(dt))
+    with pytest.raises(ValueError, match="empty batch"): model.log_prob(x[:0])
