@@ -82,6 +82,8 @@ def load_model(path: str | Path, use_ema: bool = True, device: torch.device | st
                          "build the model yourself, then check_compatible(model, ckpt) and model.load_state_dict(ckpt['model'])")
     model = build_model(ckpt["spec"]["name"], **ckpt["spec"]["kwargs"])
     weights = (use_ema and ema_weights(ckpt)) or ckpt["model"]
+    bad = [k for k, v in weights.items() if isinstance(v, Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise ValueError(f"{path} holds NaN or infinite weights in {_first(bad)}: the run diverged before it was saved; use an earlier checkpoint")
     check_compatible(model, {**ckpt, "model": weights})
     model.load_state_dict(weights)
     return model.to(device).eval()

@@ -72,7 +72,9 @@ def _eval(a: argparse.Namespace) -> dict:
     path = Path(a.checkpoint)
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
     meta = path.parent / "experiment.json"                                  # the run's recipe, as run_experiment wrote it
-    rec = json.loads(meta.read_text()) if meta.is_file() else {}
+    try: rec = json.loads(meta.read_text()) if meta.is_file() else {}
+    except ValueError: raise ValueError(f"{meta} is damaged (not JSON); it holds the run's evaluation settings: restore it, or pass "
+                                        "--dataset, --batch-size and --max-elements yourself after deleting it") from None
     recorded = rec.get("evaluation", {})
     dataset = a.dataset or rec.get("data", {}).get("dataset", rec.get("dataset", "binarized_mnist"))   # older runs kept it at the top level
     batch_size = a.batch_size or recorded.get("batch_size", rec.get("eval_batch_size", 500))
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             out = {"experiments": {n: e.description for n, e in sorted(EXPERIMENTS.items())}, "aliases": ALIASES, "models": sorted(MODELS)}
         elif a.command == "train": out = _train(a)
         else: out = _eval(a)
-    except (FileNotFoundError, KeyError, ValueError, TypeError, FloatingPointError) as err:
+    except (OSError, KeyError, ValueError, TypeError, FloatingPointError) as err:        # OSError: missing files, a full disk, no permission
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"lvmkit: error: {msg}", file=sys.stderr)
         return 2

@@ -53,8 +53,12 @@ def _sha256(b: bytes) -> str: return hashlib.sha256(b).hexdigest()
 
 def _save_npy(path: Path, a: np.ndarray) -> None:
     "Write `a` to `path` atomically (lvmkit.core.atomic_write), so no reader sees half a file, then its SHA-256 beside it (`path`.sha256)."
-    atomic_write(path, lambda f: np.save(f, a))
-    atomic_write(path.with_name(path.name + ".sha256"), _sha256(np.ascontiguousarray(a).tobytes()) + "\n")
+    try:
+        atomic_write(path, lambda f: np.save(f, a))
+        atomic_write(path.with_name(path.name + ".sha256"), _sha256(np.ascontiguousarray(a).tobytes()) + "\n")
+    except OSError as err:                                                # a read-only or full cache folder: go on without a cache
+        warnings.warn(f"cannot write the data cache {path} ({err.strerror or err}); loading will parse the files again next time. "
+                      "Set LVMKIT_CACHE to a writable folder to cache them")
 
 def _load_npy(path: Path) -> np.ndarray | None:
     "The cached array at `path` if it is there and matches the SHA-256 written beside it; else None (a damaged cache is deleted and rebuilt)."

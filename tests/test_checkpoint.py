@@ -104,3 +104,13 @@ def test_a_flipped_byte_in_a_checkpoint_is_caught(tmp_path):
     assert torch.equal(load_checkpoint(p)["model"]["w"], torch.load(p, weights_only=True)["model"]["w"])
     data = bytearray(p.read_bytes()); data[len(data) // 2] ^= 0x10; p.write_bytes(bytes(data))   # inside the weights
     with pytest.raises(ValueError, match="damaged"): load_checkpoint(p)
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_by_load_model(tmp_path):
+    "Issue 14: a corrupt checkpoint with NaN weights was evaluated (NaN numbers, exit status 0)."
+    from lvmkit.core import build_model
+    from lvmkit.checkpoint import load_model
+    m = build_model("mlp_vae", z_dim=3, hidden=(8,))
+    sd = m.state_dict(); sd["decoder.net.0.weight"][0, 0] = float("nan")
+    save_checkpoint(tmp_path / "nan.pt", model=sd, spec=m.spec)
+    with pytest.raises(ValueError, match="NaN or infinite weights in decoder.net.0.weight"): load_model(tmp_path / "nan.pt")

@@ -173,3 +173,14 @@ def test_resuming_a_folder_of_another_experiment_is_refused(tmp_path, capsys):
     assert "'vae-mlp-quick'" in err and "--fresh" in err
     assert main(["train", "iaf", "--quick", "--out", str(run), "--no-progress", "--max-time", "0.5"]) == 2     # another model
     assert "model" in capsys.readouterr().err
+
+
+def test_a_damaged_experiment_json_is_named(tmp_path, capsys):
+    "Issue 14: a truncated experiment.json reached the user as a bare JSON decoding error."
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--quick", "--out", str(run), "--no-progress", "--max-time", "0.5"]) == 0
+    capsys.readouterr()
+    (run / "experiment.json").write_text('{"name": "vae-ml')
+    assert main(["eval", str(run / "last.pt"), "--iw", "2", "--n", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "experiment.json is damaged" in err and "Traceback" not in err

@@ -277,3 +277,15 @@ def test_a_damaged_data_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="does not match its checksum"):
         y = binarized_mnist("test").tensors[0]
     assert torch.equal(x, y)                                                                    # rebuilt from the verified source
+
+
+def test_a_read_only_or_full_cache_folder_is_not_fatal(tmp_path, monkeypatch):
+    "Issue 14: a read-only cache folder (or a full disk) reached the user as an OSError traceback."
+    import errno
+    import lvmkit.data as data
+    monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path))
+    for code, text in [(errno.EACCES, "Permission denied"), (errno.ENOSPC, "No space left on device")]:
+        def refuse(path, content, code=code, text=text): raise OSError(code, text)
+        monkeypatch.setattr(data, "atomic_write", refuse)
+        with pytest.warns(UserWarning, match=f"cannot write the data cache .*{text}"):
+            assert data.binarized_mnist("test").tensors[0].shape == (10000, 1, 28, 28)
