@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, json, math, sys
 from pathlib import Path
 import torch
+from . import __version__
 from .core import MODELS, default_device, import_models, seed_everything
 from .experiments import ALIASES, EXPERIMENTS, get_dataset, get_experiment, run_experiment, _subset
 from .objectives import evaluate
@@ -19,6 +20,7 @@ __all__ = ['main']
 # %% ../nbs/90_cli.ipynb #7936c30f
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lvmkit", description="Train and evaluate the latent-variable models of the lvmkit book.")
+    p.add_argument("--version", action="version", version=f"lvmkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the registered experiments and models")
     t = sub.add_parser("train", help="train, evaluate and record an experiment")
