@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, help="evaluate only n examples, spread evenly over the split")
     e.add_argument("--batch-size", type=int, help="test images per batch (default: the run's recorded evaluation setting, else 500)")
     e.add_argument("--max-elements", type=int, help="bound on samples x images x pixels per pass (default: the run's recorded setting, else 2**25)")
+    e.add_argument("--max-memory", help="bound on the activation memory of one pass, e.g. 4GB or 500MB (measured on one sample; overrides --max-elements)")
     e.add_argument("--device")
     e.add_argument("--no-ema", action="store_true", help="use the raw weights even if the checkpoint has EMA weights")
     e.add_argument("--seed", type=int, default=0, help="random seed of the importance samples (default 0: the same call gives the same number)")
@@ -60,6 +61,16 @@ def _positive(flag: str, value: float | int | None) -> None:
     "Raise a ValueError naming the flag unless it is absent or a finite number > 0."
     if value is not None and not (math.isfinite(value) and value > 0):
         raise ValueError(f"{flag} must be a positive number, got {value}")
+
+def _size(text: str) -> int:
+    "Bytes from '4GB', '500MB', '64KB' or a plain number of bytes."
+    units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40, "B": 1}
+    t = text.strip().upper()
+    unit = next((u for u in units if t.endswith(u)), "B")
+    try: value = float(t[: len(t) - len(unit)] if t.endswith(unit) else t)
+    except ValueError: raise ValueError(f"--max-memory must be a size such as 4GB or 500MB, got {text!r}") from None
+    _positive("--max-memory", value)
+    return int(value * units[unit])
 
 def _train(a: argparse.Namespace) -> dict:
     _positive("--max-time", a.max_time)
@@ -86,9 +97,10 @@ def _eval(a: argparse.Namespace) -> dict:
     data = get_dataset(dataset, a.split, a.data)
     if a.n: data = _subset(data, a.n)
     seed_everything(a.seed)                                                 # the same call gives the same number
-    r = evaluate(model, data, k=a.iw, batch_size=batch_size, device=device, progress=not a.no_progress, max_elements=max_elements)
+    max_bytes = _size(a.max_memory) if a.max_memory else None
+    r = evaluate(model, data, k=a.iw, batch_size=batch_size, device=device, progress=not a.no_progress, max_elements=max_elements, max_bytes=max_bytes)
     return dict(checkpoint=str(path), model=getattr(model, "spec", None), dataset=dataset, split=a.split,
-                batch_size=batch_size, max_elements=max_elements, seed=a.seed, **r)
+                batch_size=batch_size, max_elements=max_elements, max_bytes=max_bytes, seed=a.seed, **r)
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `lvmkit` console script."

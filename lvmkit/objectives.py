@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .protocol import ELBOTerms, LatentVariableModule
 
 # %% auto #0
-__all__ = ['kl_warmup', 'free_bits_kl', 'elbo_loss', 'elbo_objective', 'iw_log_likelihood', 'bits_per_dim', 'LinearGaussian',
-           'evaluate']
+__all__ = ['kl_warmup', 'free_bits_kl', 'elbo_loss', 'elbo_objective', 'activation_bytes', 'iw_log_likelihood', 'bits_per_dim',
+           'LinearGaussian', 'evaluate']
 
 # %% ../nbs/03_objectives.ipynb #7ff0639a
 def kl_warmup(step: int, warmup_steps: int, beta: float = 1.0) -> float:
@@ -61,14 +61,40 @@ def elbo_objective(beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 
 
 # %% ../nbs/03_objectives.ipynb #62425dd1
 @torch.no_grad()
+def activation_bytes(model: nn.Module, x: Tensor) -> int:
+    "Bytes of every tensor the model's modules output in one `log_weights` pass of one sample for the first example of x: what a sample of an example costs."
+    total = [x[:1].numel() * x.element_size()]
+    def count(module, inputs, out):
+        for t in (out if isinstance(out, (tuple, list)) else [out]):
+            if isinstance(t, Tensor): total[0] += t.numel() * t.element_size()
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    was_training = getattr(model, "training", False)
+    try:
+        if was_training: model.eval()
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []): model.log_weights(x[:1], 1)
+    finally:
+        for h in handles: h.remove()
+        if was_training: model.train()
+    return total[0]
+
+@torch.no_grad()
 def iw_log_likelihood(model: nn.Module, x: Tensor, k: int = 1000, chunk_size: int | None = None,
-                      max_elements: int = 2**25) -> tuple[Tensor, Tensor]:
-    "Importance-weighted estimate of log p(x) from `k` of the model's `log_weights`, and their mean (the ELBO for a latent-variable model); each (B,)."
+                      max_elements: int = 2**25, max_bytes: int | None = None) -> tuple[Tensor, Tensor]:
+    """Importance-weighted estimate of log p(x) from `k` of the model's `log_weights`, and their mean (the ELBO for a latent-variable model); each (B,).
+    Samples are drawn in chunks: `chunk_size`, else as many as `max_bytes` of activations allow (measured on one sample, `activation_bytes`),
+    else at most `max_elements` samples x images x pixels."""
     if k < 1: raise ValueError(f"the number of importance samples k must be >= 1, got {k}")
     if not callable(getattr(model, "log_weights", None)):
         raise TypeError(f"{type(model).__name__} has no log_weights(x, k): every lvmkit model must (see lvmkit.protocol); "
                         "a latent-variable model gets it by subclassing LatentVariableModule and writing elbo_terms")
     B, D = x.shape[0], x[0].numel()
+    if chunk_size is None and max_bytes is not None:
+        per = activation_bytes(model, x)                              # one sample of one example
+        if per * B > max_bytes:
+            raise ValueError(f"one importance sample of this batch of {B} needs about {per * B / 2**20:.0f} MB of activations, over "
+                             f"max_bytes={max_bytes / 2**20:.0f} MB: use a smaller batch")
+        chunk_size = max(1, min(k, max_bytes // (per * B)))
     S = chunk_size or max(1, min(k, max_elements // max(1, B * D)))
     lse, elbo_sum, done = None, torch.zeros(B, dtype=torch.float64, device=x.device), 0
     was_training = getattr(model, "training", False)
@@ -142,7 +168,7 @@ def _batches(data: Dataset | Tensor, batch_size: int, device: torch.device) -> I
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset | Tensor, k: int = 1000, batch_size: int = 500,
-             device: torch.device | str | None = None, progress: bool = True, max_elements: int = 2**25) -> dict:
+             device: torch.device | str | None = None, progress: bool = True, max_elements: int = 2**25, max_bytes: int | None = None) -> dict:
     "Test ELBO and importance-weighted NLL (nats and bits/dim) of `model` on `data` with `k` samples."
     from tqdm.auto import tqdm
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -152,7 +178,7 @@ def evaluate(model: nn.Module, data: Dataset | Tensor, k: int = 1000, batch_size
         total = len(data) if hasattr(data, "__len__") else None
         bar = tqdm(total=total, desc=f"IW-{k} eval", unit="ex", disable=not progress, leave=False)
         for x in _batches(data, batch_size, device):
-            ll, elbo = iw_log_likelihood(model, x, k=k, max_elements=max_elements)
+            ll, elbo = iw_log_likelihood(model, x, k=k, max_elements=max_elements, max_bytes=max_bytes)
             n += len(x); sum_ll += ll.double().sum().item(); sum_elbo += elbo.double().sum().item()
             dims = x[0].numel(); bar.update(len(x))
         bar.close()

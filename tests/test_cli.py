@@ -184,3 +184,13 @@ def test_a_damaged_experiment_json_is_named(tmp_path, capsys):
     assert main(["eval", str(run / "last.pt"), "--iw", "2", "--n", "4", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "experiment.json is damaged" in err and "Traceback" not in err
+
+
+def test_eval_within_a_memory_budget(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--quick", "--out", str(run), "--no-progress", "--max-time", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run / "last.pt"), "--iw", "8", "--n", "20", "--no-progress", "--max-memory", "64MB"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_bytes"] == 64 * 2**20
+    assert main(["eval", str(run / "last.pt"), "--max-memory", "lots"]) == 2
+    assert "--max-memory must be a size" in capsys.readouterr().err

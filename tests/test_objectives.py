@@ -126,3 +126,19 @@ def test_without_free_bits_the_kl_is_not_clamped():
         pen = free_bits_kl(k, 0.0, mode)
         pen.backward()
         assert math.isclose(pen.item(), kl.sum().item() / kl.shape[0], rel_tol=1e-6) and (k.grad != 0).all(), mode
+
+
+def test_a_memory_budget_sizes_the_chunks_from_measured_activations():
+    "Issue 14: the importance-sampling bound counted input pixels, not the network's activations (45 GB for a Ladder VAE)."
+    from lvmkit.models.lvae import LadderVAE
+    from lvmkit.objectives import activation_bytes
+    torch.manual_seed(0)
+    m = LadderVAE(z_channels=(2, 2), downsample=(1, 0), channels=8, blocks=1).eval()
+    x = (torch.rand(5, 1, 28, 28) < 0.3).float()
+    per = activation_bytes(m, x)
+    assert per > 20 * x[0].numel() * 4                                # a conv net keeps many maps per pixel: far more than the input
+    budget = 7 * per * len(x) + 1                                     # room for 7 samples of the batch
+    torch.manual_seed(1); a = iw_log_likelihood(m, x, k=20, max_bytes=budget)
+    torch.manual_seed(1); b = iw_log_likelihood(m, x, k=20, chunk_size=7)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])       # the budget chose chunks of 7, and the probe used no random numbers
+    with pytest.raises(ValueError, match="smaller batch"): iw_log_likelihood(m, x, k=20, max_bytes=per)
