@@ -9,7 +9,7 @@ from .experiments import OBJECTIVES, Data, Evaluation, Experiment, PriorStage, Q
 from .models.vqvae import vq_objective
 
 # %% auto #0
-__all__ = ['MNIST_PROTOCOL', 'SEED_MEANFIELD', 'VAE_MLP', 'VAE_LATENT2', 'SEED_IAF', 'IAF_MLP', 'VLAE_MLP', 'CIFAR_PROTOCOL', 'VLAE_CIFAR10', 'LOSSY', 'LVAE_PROTOCOL', 'CIFAR_LVAE_PROTOCOL', 'SEED_DOWNSAMPLE', 'SEED_NLL', 'LVAE_MNIST', 'LVAE_CIFAR10', 'CPU_MODEL', 'LVAE_MNIST_CPU', 'LVAE_CIFAR10_CPU', 'BIVA_CPU_MODEL', 'BIVA_MNIST_CPU', 'BIVA_ABLATIONS', 'BIVA_MNIST', 'BIVA_CIFAR10', 'LVAE_MNIST_SHORT', 'CIFAR_VQ_PROTOCOL', 'GPU_PRIORS', 'CPU_PRIORS', 'VQVAE_CIFAR10', 'VQVAE_CIFAR10_CPU']
+__all__ = ['MNIST_PROTOCOL', 'SEED_MEANFIELD', 'VAE_MLP', 'VAE_LATENT2', 'SEED_IAF', 'IAF_MLP', 'VLAE_MLP', 'CIFAR_PROTOCOL', 'VLAE_CIFAR10', 'LOSSY', 'LVAE_PROTOCOL', 'CIFAR_LVAE_PROTOCOL', 'SEED_DOWNSAMPLE', 'SEED_NLL', 'LVAE_MNIST', 'LVAE_CIFAR10', 'CPU_MODEL', 'LVAE_MNIST_CPU', 'LVAE_CIFAR10_CPU', 'BIVA_CPU_MODEL', 'BIVA_MNIST_CPU', 'BIVA_ABLATIONS', 'BIVA_MNIST', 'BIVA_CIFAR10', 'CIFAR_VQ_PROTOCOL', 'GPU_PRIORS', 'CPU_PRIORS', 'VQVAE_CIFAR10', 'VQVAE_CIFAR10_CPU']
 
 # %% ../nbs/10_vae.ipynb #75d74d80
 MNIST_PROTOCOL = "static binarized MNIST (Larochelle & Murray), train 50k / valid 10k (checkpoint selection) / test 10k"
@@ -169,7 +169,7 @@ LVAE_CIFAR10_CPU = register_experiment(Experiment(
     quick=_QUICK,
     reference={"seed, 15 layers, ELBO (bits/dim; GPU, much larger model)": 3.35}))
 
-# %% ../nbs/14_biva.ipynb #c4ecb148
+# %% ../nbs/14_biva.ipynb #03fcc8d5
 from dataclasses import replace
 BIVA_CPU_MODEL = dict(z_channels=(16, 16, 32), downsample=(1, 1, 1), **CPU_MODEL)   # 2 x 16x8x8 + 2 x 16x4x4 + 32x2x2 = 2688 latent numbers
 BIVA_MNIST_CPU = register_experiment(replace(LVAE_MNIST_CPU,
@@ -222,10 +222,6 @@ BIVA_CIFAR10 = register_experiment(Experiment(
     evaluation=Evaluation(k=(1000,), batch_size=8, max_elements=2**23, sample_noise=True, monitor_n=32),
     quick=_QUICK,
     reference={"BIVA paper, CIFAR-10, about 103M parameters (bits/dim)": 3.08}))
-
-LVAE_MNIST_SHORT = register_experiment(replace(LVAE_MNIST_CPU, name="lvae-mnist-short",
-    description="lvae-mnist-cpu (Chapter 4) at BIVA's short budget: 1500 steps (cosine schedule over them), IW-100 on the same 1000 test images",
-    train=replace(LVAE_MNIST_CPU.train, steps=1_500, eval_every=500), evaluation=replace(LVAE_MNIST_CPU.evaluation, k=(100,))))
 
 # %% ../nbs/15_vqvae.ipynb #08c3e3fb
 CIFAR_VQ_PROTOCOL = "CIFAR-10, train 50k, test split; bits/dim of the bound log p(x|z_q) + log p(z_q) on 8-bit pixels (discrete likelihood)"
