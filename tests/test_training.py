@@ -94,7 +94,7 @@ def test_closed_form_mle():
 def test_metrics_file_and_run_dir(tmp_path):
     cfg = TrainConfig(steps=20, batch_size=32, eval_every=10, log_every=5)
     res = fit(DiagGaussian(), gaussian_data(), gaussian_data(64, 1), cfg, run_dir=tmp_path, **CPU)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "best.pt", "config.json", "last.pt", "metrics.jsonl"]   # .lock: one training at a time
     info = json.loads((tmp_path / "config.json").read_text())
     assert info["config"]["steps"] == 20 and info["model"] is None and "lvmkit_version" in info
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -166,7 +166,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         fit(DiagGaussian(), gaussian_data(), config=cfg, run_dir=tmp_path, **CPU)
     assert len(calls) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "last.pt", "metrics.jsonl"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "config.json", "last.pt", "metrics.jsonl"]  # no temporary file left
     assert load_checkpoint(tmp_path / "last.pt")["state"]["step"] == 5
     monkeypatch.setattr(torch, "save", real_save)
     assert fit(DiagGaussian(), gaussian_data(), config=cfg, run_dir=tmp_path, **CPU).steps == 10   # and the run resumes from it
