@@ -169,7 +169,7 @@ LVAE_CIFAR10_CPU = register_experiment(Experiment(
     quick=_QUICK,
     reference={"seed, 15 layers, ELBO (bits/dim; GPU, much larger model)": 3.35}))
 
-# %% ../nbs/14_biva.ipynb #03fcc8d5
+# %% ../nbs/14_biva.ipynb #575bc25f
 from dataclasses import replace
 BIVA_CPU_MODEL = dict(z_channels=(16, 16, 32), downsample=(1, 1, 1), **CPU_MODEL)   # 2 x 16x8x8 + 2 x 16x4x4 + 32x2x2 = 2688 latent numbers
 BIVA_MNIST_CPU = register_experiment(replace(LVAE_MNIST_CPU,
