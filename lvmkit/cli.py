@@ -47,6 +47,20 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-ema", action="store_true", help="use the raw weights even if the checkpoint has EMA weights")
     e.add_argument("--seed", type=int, default=0, help="random seed of the importance samples (default 0: the same call gives the same number)")
     e.add_argument("--no-progress", action="store_true")
+    a = sub.add_parser("assign", help="course assignments: list them, write student copies, grade submissions, check the sources")
+    asub = a.add_subparsers(dest="assign_command", required=True)
+    al = asub.add_parser("list", help="the assignments, their graded tasks and points")
+    st = asub.add_parser("student", help="write student copies (solutions stubbed, hidden checks removed, outputs cleared)")
+    st.add_argument("out", help="folder for the student copies")
+    st.add_argument("chapters", nargs="*", help="assignment names or chapter numbers, e.g. 10 13 (default: all)")
+    gr = asub.add_parser("grade", help="run submissions in a separate process and score each graded task")
+    gr.add_argument("submissions", nargs="+", help="submitted notebooks")
+    gr.add_argument("--source", help="the teacher's assignment notebook (default: the one the submission names, in the assignments folder)")
+    gr.add_argument("--out", help="report file (.json, one submission) or folder (one NAME.json per submission)")
+    gr.add_argument("--timeout", type=float, default=600.0, help="seconds for a whole notebook (default 600)")
+    gr.add_argument("--cell-timeout", type=float, default=300.0, help="seconds for one cell (default 300)")
+    ck = asub.add_parser("check", help="CI's check: every solution scores full points and every student copy 0, with no solution left in it")
+    for q in (al, st, gr, ck): q.add_argument("--source-dir", help="the assignments folder (default: $LVMKIT_ASSIGNMENTS, else ./assignments)")
     return p
 
 # %% ../nbs/90_cli.ipynb #dcab363a
@@ -102,6 +116,42 @@ def _eval(a: argparse.Namespace) -> dict:
     return dict(checkpoint=str(path), model=getattr(model, "spec", None), dataset=dataset, split=a.split,
                 batch_size=batch_size, max_elements=max_elements, max_bytes=max_bytes, seed=a.seed, **r)
 
+def _assign(a: argparse.Namespace) -> dict:
+    from lvmkit import assign
+    if a.assign_command == "list":
+        out = {}
+        for p in sorted(assign.assignments_dir(a.source_dir).glob("*.ipynb")):
+            ts = assign.tasks(assign.load_notebook(p))
+            out[p.stem] = {"tasks": {t["id"]: t["points"] for t in ts}, "total": sum(t["points"] for t in ts)}
+        return out
+    if a.assign_command == "student":
+        return {"written": [str(p) for p in assign.write_student_copies(a.out, a.chapters or None, a.source_dir)]}
+    if a.assign_command == "check":
+        out = {}
+        for p in sorted(assign.assignments_dir(a.source_dir).glob("*.ipynb")):
+            try: r = assign.check_assignment(p)
+            except AssertionError as e: raise ValueError(str(e)) from None
+            out[p.stem] = {"solution": f"{r['solution'].score:g}/{r['solution'].max_score:g}", "student copy": f"{r['student'].score:g}",
+                           "seconds": round(r["solution"].seconds + r["student"].seconds, 1)}
+            print(f"{p.stem}: solution {out[p.stem]['solution']}, student copy {out[p.stem]['student copy']} ({out[p.stem]['seconds']} s)", file=sys.stderr)
+        return out
+    _positive("--timeout", a.timeout); _positive("--cell-timeout", a.cell_timeout)
+    out_path = Path(a.out) if a.out else None
+    if out_path is not None and out_path.suffix == ".json" and len(a.submissions) > 1:
+        raise ValueError("--out names one .json file, but several submissions were given: pass a folder")
+    reports = []
+    for s in a.submissions:
+        r = assign.grade(s, a.source, timeout_s=a.timeout, cell_timeout_s=a.cell_timeout, source_dir=a.source_dir)
+        print(r.text(), file=sys.stderr)
+        d = r.as_dict()
+        if out_path is not None:
+            dst = out_path if out_path.suffix == ".json" else out_path / f"{Path(s).parent.name}-{Path(s).stem}.json"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(json.dumps(d, indent=1) + "\n")
+            d["report"] = str(dst)
+        reports.append(d)
+    return {"reports": reports}
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `lvmkit` console script."
     a = _parser().parse_args(argv)
@@ -110,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             import_models()                                                             # every model, also those no recipe uses
             out = {"experiments": {n: e.description for n, e in sorted(EXPERIMENTS.items())}, "aliases": ALIASES, "models": sorted(MODELS)}
         elif a.command == "train": out = _train(a)
+        elif a.command == "assign": out = _assign(a)
         else: out = _eval(a)
     except (OSError, KeyError, ValueError, TypeError, FloatingPointError) as err:        # OSError: missing files, a full disk, no permission
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

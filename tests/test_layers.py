@@ -21,7 +21,7 @@ FLOORS = {
     "checkpoint": 8,
     "results": 9, "training": 9,
     "experiments": 10,
-    "recipes": 11,
+    "recipes": 11, "assign": 11,
     "cli": 12,
 }
 UPPER = {"lvmkit.checkpoint", "lvmkit.training", "lvmkit.results", "lvmkit.experiments", "lvmkit.recipes", "lvmkit.cli"}
@@ -104,6 +104,7 @@ CONTRACT = {
     "vqvae": (dict(x_shape=(3, 16, 16), channels=16, dim=8, n_codes=16, n_mix=2), lambda: _pixels(6, 3, 16, 16)),
     "pixelcnn_prior": (dict(n_codes=8, grid=(4, 4), embed=8, channels=8, blocks=1, hidden=16), lambda: _codes(6, 4, 4)),
     "gated_pixelcnn_prior": (dict(n_codes=8, grid=(4, 4), embed=8, channels=8, layers=2, hidden=16), lambda: _codes(6, 4, 4)),
+    "survae_image_flow": (dict(x_shape=(1, 8, 8), steps=1, hidden=8, pool="maxpool"), lambda: _pixels(6, 1, 8, 8)),
 }
 # the loss that trains every parameter, where it is not -log_prob (the VQ codebook learns from its own loss)
 TRAINING_LOSS = {"vqvae": lambda m, x: m.vq_loss(x)[0]}

@@ -10,7 +10,8 @@ from lvmkit.objectives import iw_log_likelihood
 from lvmkit.core import build_model
 from lvmkit.models.survae import (ElementwiseAffine, Logit, SoftplusInverse, AffineCoupling, Conv1x1, Squeeze, UniformDequantization,
                                   VariationalDequantization, Augment, Slice, Abs, Sort, RandomPermutation, MaxPool2d, VAELayer, ImageFlow,
-                                  image_flow, symmetric_2d, symmetric_2d_log_prob, symmetric_2d_entropy, SYMMETRIC_2D, plain_flow_2d, abs_flow_2d)
+                                  image_flow, symmetric_2d, symmetric_2d_log_prob, symmetric_2d_entropy, SYMMETRIC_2D, plain_flow_2d, abs_flow_2d,
+                                  SetCoupling, sort_flow, permute_flow, spatial_mnist)
 
 
 def _randomise(m: nn.Module, std: float = 0.3) -> nn.Module:
@@ -45,6 +46,8 @@ CASES = [
     ("sort-points", lambda: Sort(key=0), lambda: torch.randn(4, 5, 2)),
     ("random-permutation", lambda: RandomPermutation(), lambda: torch.randn(4, 5, 2)),
     ("maxpool", lambda: _randomise(MaxPool2d(2)), lambda: torch.randn(3, 2, 4, 6)),
+    ("set-coupling", lambda: _randomise(SetCoupling(8)), lambda: torch.randn(3, 5, 2)),
+    ("set-coupling-swap", lambda: _randomise(SetCoupling(8, swap=True)), lambda: torch.randn(3, 5, 2)),
 ]
 
 @pytest.mark.parametrize("name,make,inp", CASES, ids=[c[0] for c in CASES])
@@ -269,7 +272,7 @@ def test_image_flow_model(pool, deq):
     torch.manual_seed(0)
     m = build_model("survae_image_flow", steps=1, hidden=8, pool=pool, dequantization=deq)
     assert isinstance(m, ImageFlow) and not m.log_prob_exact
-    x = PIXELS(4, 1, 28, 28)
+    x = PIXELS(4, 1, 28, 28).long()
     m.data_init(x)
     lp = m.log_prob(x)
     assert lp.shape == (4,) and torch.isfinite(lp).all()
@@ -277,5 +280,30 @@ def test_image_flow_model(pool, deq):
     s = m.sample(3)
     assert s.shape == (3, 1, 28, 28) and (s == s.round()).all() and s.min() >= 0 and s.max() <= 255
     assert iw_log_likelihood(m, x, k=3)[0].shape == (4,)
-    for bad, match in [(x / 255, "pixel values"), (PIXELS(4, 1, 32, 32), r"\(B, 1, 28, 28\)")]:
-        with pytest.raises(ValueError, match=match): m.log_prob(bad)
+    for bad, err, match in [(x / 255, TypeError, "dtype"), (x.float(), TypeError, "long"), (PIXELS(4, 1, 32, 32).long(), ValueError, r"\(B, 1, 28, 28\)"),
+                            (x + 256, ValueError, "0..255"), (x[:0], ValueError, "empty batch")]:
+        with pytest.raises(err, match=match): m.log_prob(bad)
+
+
+def test_set_coupling_is_permutation_equivariant():
+    sc = _randomise(SetCoupling(8))
+    x, perm = torch.randn(2, 7, 2), torch.randperm(7)
+    (z1, l1), (z2, l2) = sc(x), sc(x[:, perm])
+    assert torch.allclose(z1[:, perm], z2, atol=1e-5) and torch.allclose(l1, l2, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(B, N, 2\)"): sc(torch.randn(2, 7, 3))
+
+
+@pytest.mark.parametrize("make", [lambda: sort_flow(points=6, layers=2, hidden=16), lambda: permute_flow(points=6, layers=2, hidden=8)])
+def test_set_flows_are_exchangeable_and_sample(make):
+    f = _randomise(make(), 0.05)
+    x = torch.rand(3, 6, 2) * 28
+    perm = torch.randperm(6)
+    a, b = f.log_prob(x), f.log_prob(x[:, perm])
+    assert torch.isfinite(a).all() and torch.allclose(a, b, atol=1e-3)
+    assert f.sample(2).shape == (2, 6, 2)
+
+
+def test_spatial_mnist():
+    x = spatial_mnist("test", points=10, seed=1)
+    assert x.shape == (10000, 10, 2) and x.min() >= 0 and x.max() < 28
+    assert torch.equal(x[:5], spatial_mnist("test", points=10, seed=1)[:5]) and not torch.equal(x[:5], spatial_mnist("test", points=10, seed=2)[:5])
