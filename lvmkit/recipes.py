@@ -260,7 +260,7 @@ VQVAE_CIFAR10_CPU = register_experiment(Experiment(
     reference={"VQ-VAE paper, CIFAR-10 with a PixelCNN prior (bits/dim; GPU, larger model)": 4.67}), alias="vqvae")
 
 
-# %% ../nbs/16_survae.ipynb #01c16614
+# %% ../nbs/16_survae.ipynb #1ecd22c2
 from torch.utils.data import TensorDataset
 from .data import mnist
 from .experiments import DATASETS, OBJECTIVES
@@ -273,14 +273,14 @@ def _mnist_pixels(split: str, root) -> TensorDataset:
 
 DATASETS["mnist_pixels"] = _mnist_pixels
 MNIST_PIXELS_PROTOCOL = "MNIST, 8-bit pixel values 0..255, train 60k / test 10k (no validation: the last weights are evaluated)"
-_IMAGE_FLOW_TRAIN = TrainConfig(steps=3_000, batch_size=64, lr=1e-3, lr_schedule="cosine", lr_final=0.02, lr_warmup_steps=200, grad_clip=100.0,
-                                eval_every=1_000, log_every=100)
+_IMAGE_FLOW_TRAIN = TrainConfig(steps=12_000, batch_size=64, lr=1e-3, lr_schedule="cosine", lr_final=0.02, lr_warmup_steps=200, grad_clip=100.0,
+                                eval_every=2_000, log_every=200)
 
 def _survae_mnist(name: str, pool: str, dequantization: str, alias: str | None = None) -> Experiment:
     return register_experiment(Experiment(
         name=f"survae-mnist-{name}",
         description=f"two-scale image flow (4 Glow steps per scale, couplings of 48 channels), {pool} between scales, {dequantization} dequantization; "
-                    "Adam 1e-3, 200 warm-up steps, cosine to 2%, batch 64, grad clip 100, 3000 steps (3.2 epochs)",
+                    "Adam 1e-3, 200 warm-up steps, cosine to 2%, batch 64, grad clip 100, 12000 steps (12.8 epochs)",
         model="survae_image_flow", model_kwargs=dict(steps=4, hidden=48, pool=pool, dequantization=dequantization),
         train=_IMAGE_FLOW_TRAIN, loss="nll",
         data=Data(dataset="mnist_pixels", train_split="train", valid_split=None, protocol=MNIST_PIXELS_PROTOCOL),
