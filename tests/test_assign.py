@@ -105,8 +105,21 @@ def test_hostile_submission(tmp_path):
     sub = write(tmp_path, "hostile", nb)
     r = grade(sub, src, timeout_s=60)
     assert r.status == "completed" and r.score == 0, r.text()
-    assert not keep.exists() and not src.exists()                               # it could delete them, but the report is right
+    assert not keep.exists()                                                    # other files of the user: not protected (documented)
+    assert src.exists() and json.loads(src.read_text()) == assignment()         # the teacher's notebook: put back
+    assert str(src.resolve()) in r.tampered and "changed the grader's files" in r.tasks[0].message
     assert {t.id: t.passed for t in r.tasks} == {"test_double": False, "test_half": False}
+
+
+def test_a_submission_that_patches_the_grader_scores_zero_and_the_grader_is_restored(tmp_path):
+    import lvmkit.assign
+    src = write(tmp_path, "demo", assignment())
+    target = Path(lvmkit.assign.__file__).resolve()
+    original = target.read_bytes()
+    nb = student_notebook(assignment(), "demo")
+    nb["cells"][2]["source"] = (f"def double(x):\n    return 2 * x\nopen({str(target)!r}, 'a').write('\\n# patched by a submission\\n')")
+    r = grade(write(tmp_path, "patch", nb), src, timeout_s=60)
+    assert target.read_bytes() == original and r.score == 0 and str(target) in r.tampered, r.text()
 
 
 def test_a_submission_that_hangs_floods_or_exits_still_gets_a_report(tmp_path):
