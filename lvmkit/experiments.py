@@ -98,10 +98,16 @@ class Experiment:
         if self.prior is not None and not isinstance(self.prior, PriorStage): raise TypeError("Experiment.prior must be a PriorStage or None")
 
     def as_quick(self) -> "Experiment":
-        "The quick (CI) version of this experiment."
+        """The quick (CI) version of this experiment: its own name, steps and importance samples, a KL warm-up scaled to its steps, and a
+        description that says it is the quick version (so its experiment.json does not describe the full run)."""
         prior = None if self.prior is None else replace(self.prior, train=replace(self.prior.train, **self.prior.quick_train))
-        return replace(self, name=self.name + "-quick", train=replace(self.train, **self.quick.train),
-                       evaluation=replace(self.evaluation, k=self.quick.k), prior=prior)
+        train = replace(self.train, **self.quick.train)
+        objective = dict(self.objective)
+        if objective.get("warmup_steps"):                              # the same fraction of training as in the full run
+            objective["warmup_steps"] = max(1, round(objective["warmup_steps"] * train.steps / self.train.steps))
+        return replace(self, name=self.name + "-quick", train=train, objective=objective, evaluation=replace(self.evaluation, k=self.quick.k),
+                       prior=prior, description=f"quick (CI) version: {train.steps} steps, K={','.join(map(str, self.quick.k))}, "
+                                                f"{self.quick.test_n} test examples; of: {self.description}")
 
 EXPERIMENTS: dict[str, Experiment] = {}
 OBJECTIVES: dict[str, Callable[..., Callable]] = {"elbo": elbo_objective}   # loss_fn factories; chapters add theirs (e.g. "vq")

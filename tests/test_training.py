@@ -517,3 +517,12 @@ def test_a_run_that_skipped_most_of_its_steps_is_not_finished(tmp_path):
     with pytest.raises(FloatingPointError, match="9 of 12 steps were skipped"):
         fit(DiagGaussian(), gaussian_data(), config=cfg, loss_fn=loss_fn, run_dir=tmp_path, **CPU)
     assert load_checkpoint(tmp_path / "last.pt")["state"]["step"] == 12
+
+
+def test_quick_version_scales_the_kl_warmup_and_says_it_is_quick():
+    "Issue 15: the quick configuration kept the full 5000-step warm-up over its 400 steps, and its experiment.json described the full run."
+    from lvmkit.recipes import VAE_MLP
+    q = VAE_MLP.as_quick()
+    assert q.train.steps == 400 and q.objective["warmup_steps"] == round(5_000 * 400 / 100_000)
+    assert q.objective["analytic_kl"] == VAE_MLP.objective["analytic_kl"] and VAE_MLP.objective["warmup_steps"] == 5_000
+    assert q.description.startswith("quick (CI) version: 400 steps") and VAE_MLP.description in q.description
