@@ -260,7 +260,7 @@ VQVAE_CIFAR10_CPU = register_experiment(Experiment(
     reference={"VQ-VAE paper, CIFAR-10 with a PixelCNN prior (bits/dim; GPU, larger model)": 4.67}), alias="vqvae")
 
 
-# %% ../nbs/16_survae.ipynb #0b3fc8ff
+# %% ../nbs/16_survae.ipynb #9eec7f09
 from torch.utils.data import TensorDataset
 from .data import mnist
 from .experiments import DATASETS, OBJECTIVES
