@@ -13,6 +13,7 @@ from torch.distributions import Distribution, Independent, Normal
 from ..core import register_model
 from ..blocks import MLP
 from ..distributions import StandardNormal, check_batch
+from ..data import toy_2d
 from ..flows import Transform, Compose, Flow, ActNorm, Reverse, Permute, Reshape, AffineAutoregressive, _check_event, _event_dims
 
 # %% auto #0
@@ -521,10 +522,7 @@ def symmetric_2d(name: str, # one of SYMMETRIC_2D
     g = torch.Generator().manual_seed(seed)
     rand = lambda *s: torch.rand(*s, generator=g)
     signs = lambda: torch.randint(2, (n, 2), generator=g).float() * 2 - 1
-    if name == "checkerboard":
-        x1 = rand(n) * 4 - 2
-        x2 = rand(n) - torch.randint(2, (n,), generator=g) * 2 + (x1.floor() % 2)
-        return torch.stack([x1, x2], 1) * 2
+    if name == "checkerboard": return toy_2d("checkerboard", n, seed)         # Chapter 2's generator, the same as the seed's
     if name == "corners":
         short, long_ = 1 + rand(n), 1 + 3 * rand(n)
         vertical = rand(n) < 0.5
