@@ -13,7 +13,7 @@ from torch.distributions import Distribution, Independent, Normal, kl_divergence
 from ..core import register_model
 from ..distributions import ConditionalNormal, ImageLikelihood, precision_weighted
 from ..protocol import ELBOTerms, LatentVariableModule
-from ..blocks import Merge, ResBlock, data_dependent_init, get_activation
+from ..blocks import ELU, Merge, ResBlock, data_dependent_init, get_activation
 from .vae import decoder_mean
 
 # %% auto #0

@@ -14,7 +14,7 @@ from ..core import register_model
 from ..distributions import MLP, ConditionalBernoulli, ConditionalNormal, StandardNormal, check_binary
 from ..distributions import ConditionalDMoL, dmol_params_size, pixels_to_float
 from ..flows import FlowPrior, check_autoregressive
-from ..blocks import MaskedConv2d, get_activation
+from ..blocks import ELU, MaskedConv2d, get_activation
 from .vae import VAE, mlp_vae
 
 # %% auto #0
@@ -153,7 +153,7 @@ class ConditionalPixelCNN(nn.Module):
                  layers: int = 2, # number of residual type-B 3x3 layers after it (0 allowed)
                  cond_channels: int = 4, # channels Cc of the conditioning map computed from z
                  cond_hidden: Sequence[int] = (), # hidden widths of the MLP z -> (Cc, H, W); () is a linear map
-                 activation: Callable[[], nn.Module] = nn.ELU, # factory for the nonlinearity
+                 activation: Callable[[], nn.Module] = ELU, # factory for the nonlinearity
                 ):
         super().__init__()
         x_shape = tuple(x_shape)
