@@ -33,6 +33,7 @@ class ResultRecord:
     metric: str                      # "nll_nats" or "bpd"
     value: float                     # the number, in the unit of `metric`
     k: int = 1                       # importance samples behind `value`
+    test_n: int | None = None        # number of examples of `split` that `value` averages over
     test_elbo: float | None = None   # ELBO in nats per example (a lower bound on log p(x))
     bpd: float | None = None         # bits per dimension, when it was computed
     steps: int = 0                   # optimiser steps of training
@@ -60,6 +61,7 @@ class ResultRecord:
         if self.mode not in MODES: raise ValueError(f"ResultRecord.mode {self.mode!r} must be one of {list(MODES)}")
         if not math.isfinite(self.value): raise ValueError(f"ResultRecord.value must be finite, got {self.value}")
         if self.k < 1: raise ValueError(f"ResultRecord.k must be >= 1, got {self.k}")
+        if self.test_n is not None and self.test_n < 1: raise ValueError(f"ResultRecord.test_n must be >= 1, got {self.test_n}")
         bad = {l: v for l, v in self.reference.items() if not (isinstance(l, str) and _is_instance(v, float))}
         if bad: raise TypeError(f"ResultRecord.reference must map labels (str) to numbers, got {bad}")
         try:
@@ -140,21 +142,25 @@ def _value(r: ResultRecord, mixed: bool) -> str:
 QUICK_LABEL = "quick (short CI/CPU run)"
 
 def _table(records: list[ResultRecord]) -> list[str]:
-    "The markdown lines of one dataset's table and its published references."
+    """The markdown lines of one dataset's table, the protocols its rows refer to, and its published references.
+    The number comes right after the run's name; the long protocol texts are listed under the table (P1, P2, ...)."""
     metrics = sorted({r.metric for r in records})
     head = "test " + " or ".join(METRICS[m] for m in metrics)
-    lines = [f"| run | model | protocol | {head} | k | bits/dim | test ELBO (nats) | steps | training time | device | mode | commit |",
-             "|---|---|---|--:|--:|--:|--:|--:|--:|---|---|---|"]
-    for r in sorted(records, key=lambda r: (MODES.index(r.mode), r.name)):
-        cells = [f"`{r.name}`", r.model, r.protocol, _value(r, len(metrics) > 1), str(r.k), _fmt(r.bpd, 3), _fmt(r.test_elbo), f"{r.steps:,}",
-                 _fmt_time(r.wall_time_s), r.device or "–", QUICK_LABEL if r.mode == "quick" else "full",
-                 f"`{r.commit}`" if r.commit else "–"]
+    rows = sorted(records, key=lambda r: (MODES.index(r.mode), r.name))
+    protocols = list(dict.fromkeys(r.protocol for r in rows))          # in the order the rows first use them
+    lines = [f"| run | {head} | k | test examples | test ELBO (nats) | bits/dim | model | steps | training time | mode | device | commit | protocol |",
+             "|---|--:|--:|--:|--:|--:|---|--:|--:|---|---|---|---|"]
+    for r in rows:
+        cells = [f"`{r.name}`", _value(r, len(metrics) > 1), str(r.k), f"{r.test_n:,}" if r.test_n else "–", _fmt(r.test_elbo), _fmt(r.bpd, 3),
+                 r.model, f"{r.steps:,}", _fmt_time(r.wall_time_s), QUICK_LABEL if r.mode == "quick" else "full", r.device or "–",
+                 f"`{r.commit}`" if r.commit else "–", f"P{protocols.index(r.protocol) + 1}"]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "Protocols:", ""] + [f"- **P{i}**: {p}" for i, p in enumerate(protocols, 1)]
     refs = sorted({(label, v, r.metric) for r in records for label, v in r.reference.items()})
     if refs:
         lines += ["", "Published numbers quoted with these runs (see each chapter for the protocol behind them):", ""]
         bpd = lambda label, m: m == "bpd" or "bits/dim" in label          # a label that names bits/dim keeps that unit
-    lines += [f"- {label}: {_fmt(v, 3 if bpd(label, m) else 2)} {'bits/dim' if bpd(label, m) else 'nats'}" for label, v, m in refs]
+        lines += [f"- {label}: {_fmt(v, 3 if bpd(label, m) else 2)} {'bits/dim' if bpd(label, m) else 'nats'}" for label, v, m in refs]
     return lines
 
 def results_markdown(records: list[ResultRecord]) -> str:
@@ -166,7 +172,7 @@ def results_markdown(records: list[ResultRecord]) -> str:
              "into this page, and CI fails if the committed page differs from the records.", "",
              f"Rows marked *{QUICK_LABEL}* come from the small quick configuration (`LVMKIT_QUICK=1`) that CI runs on a CPU "
              "in seconds: they show that the code runs end to end, not what the model can reach. Only rows marked *full* "
-             "are results. NLL is the negative log-likelihood in nats per example, estimated with `k` importance samples; "
+             "are results. NLL is the negative log-likelihood in nats per example, estimated with `k` importance samples on the *test examples* counted; "
              "bits/dim is nats / (D ln 2). *Training time* counts the optimisation steps (validation, checkpoints and the test "
              "evaluation excluded; each record also stores its evaluation time).", ""]
     if not records:

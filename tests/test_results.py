@@ -91,8 +91,23 @@ def test_markdown_rows_and_quick_label():
 
 
 def test_markdown_escapes_pipes_and_marks_other_splits():
-    page = results_markdown([make(protocol="a | b", split="valid")])
+    page = results_markdown([make(model="a | b", split="valid")])
     assert "a \\| b" in page and "86.31 (valid)" in page
+
+
+def test_number_of_test_examples_and_protocols_under_the_table():
+    "The table shows how many test examples each value averages over, right after the number; protocols are listed below it."
+    a = make(test_n=1000, protocol="static MNIST, 1000 evenly spread test examples")
+    b = make(name="vae-all", test_n=10_000, value=85.0)
+    c = make(name="vae-old", test_n=None, value=87.0)          # a record written before the field existed
+    page = results_markdown([a, b, c])
+    row = lambda name: next(l for l in page.splitlines() if l.startswith(f"| `{name}` |"))
+    assert row("vae-bmnist").split(" | ")[1:4] == ["86.31", "5000", "1,000"]   # value, k, test examples: first after the name
+    assert "| 10,000 |" in row("vae-all") and row("vae-old").split(" | ")[3] == "–"
+    assert row("vae-bmnist").endswith("| P2 |") and row("vae-all").endswith("| P1 |")
+    assert "- **P1**: static binarized MNIST, 50k/10k/10k" in page and "- **P2**: static MNIST, 1000 evenly spread test examples" in page
+    with pytest.raises(ValueError, match="test_n"):
+        make(test_n=0)
 
 
 def test_write_results_page(tmp_path):

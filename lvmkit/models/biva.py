@@ -120,4 +120,4 @@ class BIVA(LadderVAE):
         L = len(self.z_channels)
         return [n for i in range(L) for n in ([f"z{i + 1} BU"] if i < L - 1 and self.bu_channels[i] else []) + [f"z{i + 1}" + (" TD" if i < L - 1 and self.bu_channels[i] else "")]]
 
-register_model("biva")(BIVA)
+register_model("biva")(BIVA);

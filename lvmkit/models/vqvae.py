@@ -316,7 +316,7 @@ class PixelCNNPrior(CodePrior):
         h = self.input(e)                                                           # (B, channels, H, W)
         if y is not None: h = h + self.cond(y)[:, :, None, None]
         return self.out(self.blocks(h))                                             # (B, K, H, W)
-register_model("pixelcnn_prior")(PixelCNNPrior)
+register_model("pixelcnn_prior")(PixelCNNPrior);
 
 # %% ../../nbs/15_vqvae.ipynb #7629d5e7
 class GatedLayer(nn.Module):
@@ -366,7 +366,7 @@ class GatedPixelCNNPrior(CodePrior):
         for layer in self.layers: v, h = layer(v, h, y)
         return self.out(h)                                                          # (B, K, H, W)
 
-register_model("gated_pixelcnn_prior")(GatedPixelCNNPrior)
+register_model("gated_pixelcnn_prior")(GatedPixelCNNPrior);
 
 # %% ../../nbs/15_vqvae.ipynb #8fdc86b6
 def code_receptive_field(prior: CodePrior, i: int, j: int, n: int = 4, seed: int = 0) -> Tensor:
