@@ -11,6 +11,7 @@ from . import __version__
 from .core import MODELS, default_device, import_models, seed_everything
 from .experiments import ALIASES, EXPERIMENTS, get_dataset, get_experiment, run_experiment, _subset
 from .objectives import evaluate
+from .checkpoint import load_checkpoint
 from .training import init_distributed, load_model
 import lvmkit.recipes  # registers the book's experiments (and, through them, nothing else: models are found by name)
 
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run folder")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     e = sub.add_parser("eval", help="importance-weighted test log-likelihood of a checkpoint")
-    e.add_argument("checkpoint", help="a .pt file written by lvmkit train")
+    e.add_argument("checkpoint", help="a .pt file written by lvmkit train, or pretrained:NAME for released weights (lvmkit.pretrained)")
     e.add_argument("--iw", type=int, default=1000, help="importance samples K (default 1000)")
     e.add_argument("--data", help="data root")
     e.add_argument("--dataset", help="dataset name (default: the one the run was trained on, else binarized_mnist)")
@@ -47,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-ema", action="store_true", help="use the raw weights even if the checkpoint has EMA weights")
     e.add_argument("--seed", type=int, default=0, help="random seed of the importance samples (default 0: the same call gives the same number)")
     e.add_argument("--no-progress", action="store_true")
+    x = sub.add_parser("export", help="write an evaluated run as release weights: OUT/NAME.pt, listed in OUT/manifest.json (see RELEASING.md)")
+    x.add_argument("run_dir", help="a run folder of lvmkit train, with its result.json")
+    x.add_argument("--out", required=True, help="the release folder")
+    x.add_argument("--name", help="the weights' name (default: the run folder's name)")
+    x.add_argument("--checkpoint", default="last.pt", help="the checkpoint in the run folder (default last.pt)")
     a = sub.add_parser("assign", help="course assignments: list them, write student copies, grade submissions, check the sources")
     asub = a.add_subparsers(dest="assign_command", required=True)
     al = asub.add_parser("list", help="the assignments, their graded tasks and points")
@@ -96,12 +102,17 @@ def _train(a: argparse.Namespace) -> dict:
 
 def _eval(a: argparse.Namespace) -> dict:
     for flag, v in [("--iw", a.iw), ("--n", a.n), ("--batch-size", a.batch_size), ("--max-elements", a.max_elements)]: _positive(flag, v)
-    path = Path(a.checkpoint)
-    if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
-    meta = path.parent / "experiment.json"                                  # the run's recipe, as run_experiment wrote it
-    try: rec = json.loads(meta.read_text()) if meta.is_file() else {}
-    except ValueError: raise ValueError(f"{meta} is damaged (not JSON); it holds the run's evaluation settings: restore it, or pass "
-                                        "--dataset, --batch-size and --max-elements yourself after deleting it") from None
+    if a.checkpoint.startswith("pretrained:"):                               # released weights: downloaded once, verified, cached
+        from lvmkit.pretrained import fetch
+        path = fetch(a.checkpoint.split(":", 1)[1])
+        rec = load_checkpoint(path).get("experiment") or {}                    # the run's recipe travels inside the file
+    else:
+        path = Path(a.checkpoint)
+        if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
+        meta = path.parent / "experiment.json"                              # the run's recipe, as run_experiment wrote it
+        try: rec = json.loads(meta.read_text()) if meta.is_file() else {}
+        except ValueError: raise ValueError(f"{meta} is damaged (not JSON); it holds the run's evaluation settings: restore it, or pass "
+                                            "--dataset, --batch-size and --max-elements yourself after deleting it") from None
     recorded = rec.get("evaluation", {})
     dataset = a.dataset or rec.get("data", {}).get("dataset", rec.get("dataset", "binarized_mnist"))   # older runs kept it at the top level
     batch_size = a.batch_size or recorded.get("batch_size", rec.get("eval_batch_size", 500))
@@ -115,6 +126,10 @@ def _eval(a: argparse.Namespace) -> dict:
     r = evaluate(model, data, k=a.iw, batch_size=batch_size, device=device, progress=not a.no_progress, max_elements=max_elements, max_bytes=max_bytes)
     return dict(checkpoint=str(path), model=getattr(model, "spec", None), dataset=dataset, split=a.split,
                 batch_size=batch_size, max_elements=max_elements, max_bytes=max_bytes, seed=a.seed, **r)
+
+def _export(a: argparse.Namespace) -> dict:
+    from lvmkit.pretrained import export_pretrained
+    return export_pretrained(a.run_dir, a.out, name=a.name, checkpoint=a.checkpoint)
 
 def _assign(a: argparse.Namespace) -> dict:
     from lvmkit import assign
@@ -161,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             out = {"experiments": {n: e.description for n, e in sorted(EXPERIMENTS.items())}, "aliases": ALIASES, "models": sorted(MODELS)}
         elif a.command == "train": out = _train(a)
         elif a.command == "assign": out = _assign(a)
+        elif a.command == "export": out = _export(a)
         else: out = _eval(a)
     except (OSError, KeyError, ValueError, TypeError, FloatingPointError) as err:        # OSError: missing files, a full disk, no permission
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

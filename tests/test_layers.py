@@ -20,7 +20,7 @@ FLOORS = {
     "models": 7,
     "checkpoint": 8,
     "results": 9, "training": 9,
-    "experiments": 10,
+    "experiments": 10, "pretrained": 10,
     "recipes": 11, "assign": 11,
     "cli": 12,
 }

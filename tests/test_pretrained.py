@@ -1,0 +1,121 @@
+"lvmkit.pretrained against a local HTTP server on 127.0.0.1: export, download, checksum failure, truncation, warm and cold caches, the CLI."
+import functools, http.server, json, threading, warnings
+from pathlib import Path
+import pytest
+import torch
+from lvmkit.checkpoint import load_checkpoint, save_checkpoint
+from lvmkit.cli import main
+from lvmkit.core import build_model
+from lvmkit.pretrained import export_pretrained, fetch, load, records, sha256sum
+
+
+def make_run(folder: Path, ema: bool = True) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = build_model("mlp_vae", z_dim=2, hidden=(8,))
+    folder.mkdir(parents=True)
+    ema_state = {f"module.{k}": v + 1.0 for k, v in m.state_dict().items()} if ema else None   # EMA weights that differ from the raw ones
+    save_checkpoint(folder / "last.pt", spec=m.spec, model=m.state_dict(), ema=ema_state, step=3)
+    (folder / "result.json").write_text(json.dumps([dict(name=folder.name, metric="nll_nats", value=500.0, k=10, test_n=4, mode="quick")]))
+    (folder / "experiment.json").write_text(json.dumps({"data": {"dataset": "binarized_mnist"}, "evaluation": {"batch_size": 2, "max_elements": 2**20}}))
+    return m
+
+
+class Server:
+    "A release folder served over HTTP on 127.0.0.1."
+    def __init__(self, folder: Path):
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        handler.log_message = lambda *a: None
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+    def stop(self):
+        self.srv.shutdown(); self.srv.server_close()
+
+
+@pytest.fixture
+def release(tmp_path):
+    model = make_run(tmp_path / "runs" / "tiny")
+    entry = export_pretrained(tmp_path / "runs" / "tiny", tmp_path / "release")
+    srv = Server(tmp_path / "release")
+    yield dict(model=model, entry=entry, url=srv.url, srv=srv, dir=tmp_path / "release", cache=tmp_path / "cache")
+    srv.stop()
+
+
+def test_export_keeps_the_ema_weights_records_and_recipe(tmp_path, release):
+    ck = load_checkpoint(release["dir"] / "tiny.pt")
+    assert ck["weights"] == "ema" and ck["records"][0]["value"] == 500.0 and ck["experiment"]["evaluation"]["batch_size"] == 2
+    raw = release["model"].state_dict()
+    assert all(torch.equal(ck["model"][k], raw[k] + 1.0) for k in raw)                        # the EMA weights, not the raw ones
+    man = json.loads((release["dir"] / "manifest.json").read_text())["weights"]["tiny"]
+    assert man["sha256"] == sha256sum(release["dir"] / "tiny.pt") and man["bytes"] == (release["dir"] / "tiny.pt").stat().st_size
+    with pytest.raises(ValueError, match="result.json"):                                          # only evaluated runs
+        (tmp_path / "runs" / "tiny" / "result.json").unlink(); export_pretrained(tmp_path / "runs" / "tiny", tmp_path / "r2")
+
+
+def test_download_verify_cache_and_rebuild(release):
+    m = load("tiny", base_url=release["url"], cache=release["cache"])
+    raw = release["model"].state_dict()
+    assert not m.training and all(torch.equal(m.state_dict()[k], raw[k] + 1.0) for k in raw)
+    assert records("tiny", release["url"], release["cache"])[0]["test_n"] == 4
+    cached = release["cache"] / "tiny.pt"
+    mtime = cached.stat().st_mtime_ns
+    fetch("tiny", base_url=release["url"], cache=release["cache"])
+    assert cached.stat().st_mtime_ns == mtime                                                     # a verified cached copy is not downloaded again
+    assert not [p for p in release["cache"].iterdir() if ".part-" in p.name]                      # no temporary files left
+
+
+def test_a_damaged_download_is_refused_and_deleted(release):
+    f = release["dir"] / "tiny.pt"
+    data = bytearray(f.read_bytes()); data[len(data) // 2] ^= 0xFF; f.write_bytes(bytes(data))  # same size, one byte changed
+    with pytest.raises(ValueError, match=r"SHA-256 .* truncated or damaged download") as e:
+        fetch("tiny", base_url=release["url"], cache=release["cache"])
+    assert release["url"] + "/tiny.pt" in str(e.value) and not (release["cache"] / "tiny.pt").exists()
+
+
+def test_a_truncated_download_is_refused(release):
+    f = release["dir"] / "tiny.pt"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"gave 1000 bytes"):
+        fetch("tiny", base_url=release["url"], cache=release["cache"])
+    assert not (release["cache"] / "tiny.pt").exists()
+
+
+def test_a_damaged_cached_copy_is_downloaded_again(release):
+    fetch("tiny", base_url=release["url"], cache=release["cache"])
+    c = release["cache"] / "tiny.pt"
+    c.write_bytes(c.read_bytes()[:-10])
+    assert sha256sum(fetch("tiny", base_url=release["url"], cache=release["cache"])) == release["entry"]["sha256"]
+
+
+def test_unknown_name(release):
+    with pytest.raises(KeyError, match="no pretrained weights called 'nope'.*available: \\['tiny'\\]"):
+        fetch("nope", base_url=release["url"], cache=release["cache"])
+
+
+def test_offline_with_a_warm_cache(release):
+    fetch("tiny", base_url=release["url"], cache=release["cache"])
+    release["srv"].stop(); release["srv"] = Server(release["dir"])                              # the old address is gone
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        m = load("tiny", base_url=release["url"], cache=release["cache"])
+    assert m is not None and any("using the manifest cached" in str(x.message) for x in w)
+
+
+def test_offline_with_a_cold_cache(release, tmp_path):
+    release["srv"].stop(); release["srv"] = Server(release["dir"])
+    with pytest.raises(ConnectionError) as e:
+        fetch("tiny", base_url=release["url"], cache=tmp_path / "cold")
+    msg = str(e.value)
+    assert release["url"] + "/manifest.json" in msg and str(tmp_path / "cold") in msg and "yourself and place them in" in msg
+
+
+def test_cli_eval_and_export(release, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LVMKIT_PRETRAINED_URL", release["url"])
+    monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path / "lvmkit-cache"))
+    assert main(["eval", "pretrained:tiny", "--iw", "2", "--n", "4", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 4 and out["batch_size"] == 2 and out["dataset"] == "binarized_mnist"          # the recipe's settings, from the file
+    assert (tmp_path / "lvmkit-cache" / "pretrained" / "tiny.pt").is_file()
+    assert main(["eval", "pretrained:nope", "--iw", "2"]) == 2 and "no pretrained weights called 'nope'" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "runs" / "tiny"), "--out", str(tmp_path / "rel2"), "--name", "t2"]) == 0
+    assert json.loads(capsys.readouterr().out)["file"] == "t2.pt" and (tmp_path / "rel2" / "manifest.json").is_file()
