@@ -40,7 +40,7 @@ def derived(root: Path) -> dict[Path, str]:
     p = root / "pyproject.toml"
     t = p.read_text()
     t = _sub(t, r"^\[project\.urls\]\n(?:[^\[\n][^\n]*\n)*",
-             f'[project.urls]\nRepository = "{s["repo"]}"\nDocumentation = "{s["pages"]}"\nIssues = "{s["repo"]}/issues"\n', "[project.urls]", p)
+             f'[project.urls]\nRepository = "{s["repo"]}"\nHomepage = "{s["pages"]}"\nIssues = "{s["repo"]}/issues"\n', "[project.urls]", p)
     out[p] = t
     p = root / "_config.yml"
     t = p.read_text()

@@ -31,7 +31,7 @@ def test_changing_the_setting_is_all_it_takes(tmp_path):
     cfg = (tmp_path / "_config.yml").read_text()
     assert "url: https://github.com/Teach-Org/lvm-book" in cfg and "branch: published" in cfg
     py = (tmp_path / "pyproject.toml").read_text()
-    assert 'Repository = "https://github.com/Teach-Org/lvm-book"' in py and 'Documentation = "https://teach-org.github.io/lvm-book/"' in py
+    assert 'Repository = "https://github.com/Teach-Org/lvm-book"' in py and 'Homepage = "https://teach-org.github.io/lvm-book/"' in py
     assert "colab.research.google.com/github/Teach-Org/lvm-book/blob/published/nbs/10_vae.ipynb" in (tmp_path / "README.md").read_text()
     assert "branches: [published]" in (tmp_path / ".github" / "workflows" / "book.yml").read_text()   # the book is published from the branch
     assert CHAPTERS
