@@ -13,9 +13,9 @@ from torch.utils.data import Dataset, TensorDataset
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['BINARIZED_MNIST_SHA256', 'BINARIZED_MNIST_URL', 'BINARIZED_MNIST_SPLITS', 'CIFAR10_CLASSES', 'CIFAR10_SHA256',
-           'TOY_2D', 'cache_dir', 'data_root', 'DataIntegrityError', 'binarized_mnist', 'MNISTDataset', 'mnist',
-           'cifar10', 'gaussian_2d', 'toy_2d']
+__all__ = ['BINARIZED_MNIST_SHA256', 'BINARIZED_MNIST_URL', 'BINARIZED_MNIST_SPLITS', 'MNIST_RAW_SHA256', 'CIFAR10_CLASSES',
+           'CIFAR10_SHA256', 'TOY_2D', 'cache_dir', 'data_root', 'DataIntegrityError', 'binarized_mnist',
+           'MNISTDataset', 'mnist', 'cifar10', 'gaussian_2d', 'toy_2d']
 
 # %% ../nbs/01_data.ipynb #9cb635bb
 def cache_dir() -> Path:
@@ -135,14 +135,29 @@ def binarized_mnist(split: str = "train",  # "train" (50000), "valid" (10000), "
     return TensorDataset(torch.from_numpy(x).view(-1, 1, 28, 28).float())
 
 # %% ../nbs/01_data.ipynb #23ac5c64
+MNIST_RAW_SHA256 = {  # of the unpacked idx files (torchvision's .gz archives, MD5-checked, decompressed)
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",  # 47040016 bytes
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",  # 60008 bytes
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",  # 7840016 bytes
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"}  # 10008 bytes
+
 def _mnist_root(root: Path, download: bool) -> Path:
-    "A folder where torchvision.datasets.MNIST finds unpacked files, unpacking verified .gz archives into the cache if needed."
+    """A folder where torchvision.datasets.MNIST finds unpacked files whose SHA-256 is the published one, unpacking verified .gz archives
+    into the cache if needed. A damaged unpacked file in the data root is an error naming it; one in the cache is unpacked again."""
     from torchvision.datasets import MNIST
     names = [(name, md5) for name, md5 in MNIST.resources]
     unpacked = lambda folder: [folder / "MNIST" / "raw" / name[:-3] for name, _ in names]
-    if all(p.is_file() for p in unpacked(root)): return root
     cache = cache_dir() / "mnist"
-    if all(p.is_file() for p in unpacked(cache)): return cache
+    def verified(folder: Path) -> bool:
+        files = unpacked(folder)
+        if not all(p.is_file() for p in files): return False
+        for p in files:
+            if (got := _sha256(p.read_bytes())) != MNIST_RAW_SHA256[p.name]:
+                if folder != cache: raise DataIntegrityError(p, MNIST_RAW_SHA256[p.name], got, "unpacked MNIST file differs from the published one")
+                p.unlink(); return False                                   # a damaged cached copy: unpack it again below
+        return True
+    if verified(root): return root
+    if verified(cache): return cache
     archives = [root / "MNIST" / "raw" / name for name, _ in names]
     if all(p.is_file() for p in archives):
         for (name, md5), src, dest in zip(names, archives, unpacked(cache)):

@@ -198,6 +198,24 @@ def test_mnist_corrupt_gz(tmp_path, monkeypatch):
         mnist("test", root=tmp_path / "root")
 
 
+@needs_data
+def test_mnist_unpacked_files_are_verified(tmp_path, monkeypatch):
+    "Issue 14: a flipped byte in an unpacked idx file changed the data silently; now the cache is rebuilt and the data root refused."
+    import gzip
+    monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path / "cache"))
+    raw = tmp_path / "root" / "MNIST" / "raw"; raw.mkdir(parents=True)
+    for p in (ROOT / "MNIST" / "raw").glob("*.gz"): (raw / p.name).write_bytes(p.read_bytes())
+    good = mnist("test", root=tmp_path / "root")
+    cached = tmp_path / "cache" / "mnist" / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    data = bytearray(cached.read_bytes()); data[20_000] ^= 0xFF; cached.write_bytes(bytes(data))    # a flipped pixel byte in the cache
+    again = mnist("test", root=tmp_path / "root")                                                    # detected, unpacked again
+    assert torch.equal(again.data, good.data) and cached.read_bytes() != bytes(data)
+    for p in raw.glob("*.gz"): (raw / p.name[:-3]).write_bytes(gzip.decompress(p.read_bytes()))     # unpacked files in the data root
+    (raw / "t10k-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes()[:-1] + b"\x09")
+    with pytest.raises(DataIntegrityError, match="t10k-labels-idx1-ubyte: unpacked MNIST file differs"):
+        mnist("test", root=tmp_path / "root")
+
+
 # ---- CIFAR-10 ----------------------------------------------------------------------------------
 
 @needs_data
