@@ -14,8 +14,8 @@ from .core import atomic_write
 
 # %% auto #0
 __all__ = ['BINARIZED_MNIST_SHA256', 'BINARIZED_MNIST_URL', 'BINARIZED_MNIST_SPLITS', 'MNIST_RAW_SHA256', 'CIFAR10_CLASSES',
-           'CIFAR10_SHA256', 'TOY_2D', 'cache_dir', 'data_root', 'DataIntegrityError', 'binarized_mnist',
-           'MNISTDataset', 'mnist', 'cifar10', 'gaussian_2d', 'toy_2d']
+           'CIFAR10_SHA256', 'TOY_2D', 'cache_dir', 'data_root', 'want_download', 'DataIntegrityError',
+           'binarized_mnist', 'MNISTDataset', 'mnist', 'cifar10', 'gaussian_2d', 'toy_2d']
 
 # %% ../nbs/01_data.ipynb #9cb635bb
 def cache_dir() -> Path:
@@ -29,6 +29,11 @@ def data_root(root: str | Path | None = None) -> Path:
     if root is not None: return Path(root).expanduser()
     if os.environ.get("LVMKIT_DATA"): return Path(os.environ["LVMKIT_DATA"]).expanduser()
     return cache_dir() / "data"
+
+def want_download(download: bool | None) -> bool:
+    "A loader's `download`: as given, else `LVMKIT_DOWNLOAD` (1, true, yes, on), which a chapter's first cell sets on Colab."
+    if download is not None: return bool(download)
+    return os.environ.get("LVMKIT_DOWNLOAD", "").strip().lower() in {"1", "true", "yes", "on"}
 
 # %% ../nbs/01_data.ipynb #4cef0e0e
 class DataIntegrityError(ValueError):
@@ -127,10 +132,11 @@ BINARIZED_MNIST_SPLITS = ("train", "valid", "test", "train+valid")
 
 def binarized_mnist(split: str = "train",  # "train" (50000), "valid" (10000), "test" (10000) or "train+valid" (60000)
                     root: str | Path | None = None,  # data root holding binarized_mnist/; default `data_root()`
-                    download: bool = False,  # fetch missing files from the authors' site into the root
+                    download: bool | None = None,  # fetch missing files from the authors' site into the root (default: LVMKIT_DOWNLOAD)
                    ) -> TensorDataset:
     "Larochelle & Murray's statically binarized MNIST as float32 0./1. images (N, 1, 28, 28), checksum-verified."
     _check_split(split, BINARIZED_MNIST_SPLITS)
+    download = want_download(download)
     x = np.concatenate([_binarized_split(s, root, download) for s in split.split("+")])  # (N, 784) uint8
     return TensorDataset(torch.from_numpy(x).view(-1, 1, 28, 28).float())
 
@@ -185,13 +191,13 @@ class MNISTDataset(Dataset):
 def mnist(split: str = "train",  # "train" (60000) or "test" (10000)
           root: str | Path | None = None,  # data root holding MNIST/raw/; default `data_root()`
           binarize: str | None = None,  # None (grey levels), "dynamic" (Bernoulli draw per access) or "threshold" (x > 0.5)
-          download: bool = False,  # let torchvision download into the root if the files are missing
+          download: bool | None = None,  # let torchvision download into the root if the files are missing (default: LVMKIT_DOWNLOAD)
          ) -> MNISTDataset:
     "MNIST via torchvision, yielding (x float32 (1, 28, 28), y); works from the .gz files of a read-only root."
     from torchvision.datasets import MNIST
     _check_split(split, ("train", "test"))
     if binarize not in (None, "dynamic", "threshold"): raise ValueError(f"binarize must be None, 'dynamic' or 'threshold', not {binarize!r}")
-    root = data_root(root)
+    root, download = data_root(root), want_download(download)
     folder = _mnist_root(root, download)
     ds = MNIST(folder, train=split == "train", download=download and folder == root)
     return MNISTDataset(ds.data, ds.targets, binarize)
@@ -233,11 +239,11 @@ def _cifar_npz(root: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 def cifar10(split: str = "train",  # "train" (50000) or "test" (10000)
             root: str | Path | None = None,  # data root holding cifar-10-batches-py/ or cifar10/; default `data_root()`
-            download: bool = False,  # let torchvision download into the root if nothing local is found
+            download: bool | None = None,  # let torchvision download into the root if nothing local is found (default: LVMKIT_DOWNLOAD)
            ) -> TensorDataset:
     "CIFAR-10 as TensorDataset(x uint8 (N, 3, 32, 32), y int64 (N,)), from torchvision's files or the verified npz."
     _check_split(split, ("train", "test"))
-    root = data_root(root)
+    root, download = data_root(root), want_download(download)
     if (root / "cifar-10-batches-py").is_dir(): return _cifar_torchvision(root, split, download=False)
     arrays = _cifar_npz(root, split)
     if arrays is not None: return TensorDataset(*map(torch.from_numpy, arrays))

@@ -307,3 +307,31 @@ def test_a_read_only_or_full_cache_folder_is_not_fatal(tmp_path, monkeypatch):
         monkeypatch.setattr(data, "atomic_write", refuse)
         with pytest.warns(UserWarning, match=f"cannot write the data cache .*{text}"):
             assert data.binarized_mnist("test").tensors[0].shape == (10000, 1, 28, 28)
+
+
+@needs_data
+def test_download_from_a_local_server(tmp_path, monkeypatch):
+    "The Colab path: LVMKIT_DOWNLOAD=1 makes a loader fetch a missing file (here from 127.0.0.1), verify it and keep it; a bad one is refused."
+    import functools, gzip, http.server, threading
+    import lvmkit.data as D
+    site = tmp_path / "site"; site.mkdir()
+    (site / "binarized_mnist_test.amat").write_bytes(gzip.decompress((ROOT / "binarized_mnist" / "binarized_mnist_test.amat.gz").read_bytes()))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site)); handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(D, "BINARIZED_MNIST_URL", f"http://127.0.0.1:{srv.server_address[1]}/binarized_mnist_{{split}}.amat")
+        monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path / "cache")); monkeypatch.setenv("LVMKIT_DATA", str(tmp_path / "data"))
+        monkeypatch.delenv("LVMKIT_DOWNLOAD", raising=False)
+        with pytest.raises(FileNotFoundError):                                   # no download unless asked
+            binarized_mnist("test")
+        monkeypatch.setenv("LVMKIT_DOWNLOAD", "1")
+        x = binarized_mnist("test").tensors[0]
+        assert x.shape == (10000, 1, 28, 28) and int(x.sum()) == 1038896 and (tmp_path / "data" / "binarized_mnist" / "binarized_mnist_test.amat").is_file()
+        monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path / "cache2")); monkeypatch.setenv("LVMKIT_DATA", str(tmp_path / "data2"))
+        (site / "binarized_mnist_test.amat").write_bytes(b"0 1\n" * 10)         # the site serves something else
+        with pytest.raises(DataIntegrityError, match="downloaded content differs"):
+            binarized_mnist("test")
+        assert not (tmp_path / "data2" / "binarized_mnist" / "binarized_mnist_test.amat").exists()
+    finally:
+        srv.shutdown(); srv.server_close()
