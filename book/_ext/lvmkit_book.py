@@ -16,9 +16,31 @@ from sphinx.errors import ExtensionError
 
 ASSETS = {  # what the pages load -> where it comes from in book/node_modules
     "mathjax": "mathjax/es5",
-    "html-manager": "@jupyter-widgets/html-manager/dist",
+    "@jupyter-widgets/html-manager/dist": "@jupyter-widgets/html-manager/dist",
     "require.js": "requirejs/require.js",
 }
+
+
+# Loaded after require.js and before the widget bundle. (1) The bundle asks RequireJS for its fonts under
+# @jupyter-widgets/html-manager/dist/, relative to RequireJS's base URL, which is the page's folder unless set: point it at
+# _static. (2) The widget manager typesets math through MathJax 2's MathJax.Hub.Queue; the book loads MathJax 3: give it
+# that one call, mapped onto MathJax 3's typesetPromise.
+WIDGET_SETUP = """// lvmkit book (book/_ext/lvmkit_book.py): RequireJS base URL and a MathJax 2 call for the widget manager
+(function () {
+  var s = document.querySelector('script[src*="require.js"]');
+  if (s && window.require) { require.config({baseUrl: s.src.replace(/require\\.js.*$/, '')}); }
+  window.addEventListener('load', function () {
+    var M = window.MathJax;
+    if (!M || M.Hub) { return; }
+    M.Hub = {Queue: function () {
+      var els = [];
+      for (var i = 0; i < arguments.length; i++) { var a = arguments[i]; if (Array.isArray(a) && a[0] === 'Typeset' && a[2]) { els.push(a[2]); } }
+      var ready = M.startup && M.startup.promise ? M.startup.promise : Promise.resolve();
+      return ready.then(function () { return M.typesetPromise ? M.typesetPromise(els.length ? els : undefined) : null; });
+    }};
+  });
+})();
+"""
 
 
 def dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
@@ -42,11 +64,14 @@ def local_assets(app, config) -> None:
     shutil.rmtree(out, ignore_errors=True); out.mkdir()
     for dest, src in ASSETS.items():
         s = modules / src
-        if s.is_dir(): shutil.copytree(s, out / dest, ignore=shutil.ignore_patterns("*.map", "*.LICENSE.txt", "sre", "node-main.js"))
+        if s.is_dir(): shutil.copytree(s, out / dest, ignore=shutil.ignore_patterns("*.map", "*.LICENSE.txt", "node-main.js"))
         else: shutil.copy(s, out / dest)
     config.html_static_path = [*config.html_static_path, str(out)]
     config.mathjax_path = "mathjax/tex-mml-chtml.js"                               # relative to _static
-    config.nb_ipywidgets_js = {"require.js": {}, "html-manager/embed-amd.js": {}}
+    # The widget bundle asks RequireJS for its fonts under @jupyter-widgets/html-manager/dist/, relative to RequireJS's base URL,
+    # which is the page's folder unless set: point it at _static, where that folder is.
+    (out / "widget-setup.js").write_text(WIDGET_SETUP)
+    config.nb_ipywidgets_js = {"require.js": {}, "widget-setup.js": {}, "@jupyter-widgets/html-manager/dist/embed-amd.js": {}}
 
 
 def setup(app):
