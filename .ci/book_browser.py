@@ -4,8 +4,8 @@
 
 Per page: MathJax typeset every formula (no raw LaTeX left in a .math element), every image loaded, the widget explorer
 drawn from its stored state wherever a page stores one, the solutions (dropdown admonitions) collapsed, no traceback or
-warning text in the outputs, no console error, no request to another site; and every internal link of the page points
-to a file that exists.
+warning text in the outputs, no console error, no request to another site, every table whole in a 1280-px window (no column scrolled out of
+sight); and every internal link of the page points to a file that exists.
 """
 from __future__ import annotations
 import functools, http.server, shutil, sys, threading
@@ -27,7 +27,14 @@ CHECK = r"""async () => {
   const open = drops.filter(d => !d.classList.contains('toggle-hidden')).length;
   const outs = [...document.querySelectorAll('.cell_output')].map(o => o.innerText);
   const links = [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'));
-  return {maths: maths.length, raw, imgs, state, widgets, drops: drops.length, open, outs, links};
+  const vw = document.documentElement.clientWidth;      // every table readable in the window: nothing cut off by a scrolling box
+  const clip = el => { let r = vw; for (let a = el.parentElement; a; a = a.parentElement) {
+      const s = getComputedStyle(a); if (s.overflowX !== 'visible') r = Math.min(r, a.getBoundingClientRect().right); } return r; };
+  const hidden = [...document.querySelectorAll('article table')].filter(t => {
+    const cells = t.rows.length ? t.rows[0].cells : [];
+    return cells.length && cells[cells.length - 1].getBoundingClientRect().right > clip(t) + 1;
+  }).map(t => t.rows[0].innerText.slice(0, 50).replace(/\s+/g, ' '));
+  return {maths: maths.length, raw, imgs, state, widgets, drops: drops.length, open, outs, links, hidden};
 }"""
 
 
@@ -51,7 +58,7 @@ def main(root: Path) -> int:
     problems, totals = [], dict(pages=0, maths=0, widgets=0, drops=0, links=0)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        ctx = browser.new_context()
+        ctx = browser.new_context(viewport={"width": 1280, "height": 900})
         remote = []
         ctx.route("**/*", lambda route: (route.continue_() if route.request.url.startswith(base)
                                           else (remote.append(route.request.url), route.abort())))
@@ -68,6 +75,7 @@ def main(root: Path) -> int:
             if r["raw"]: problems.append(f"{rel}: {len(r['raw'])} formulas not typeset, e.g. {r['raw'][0]!r}")
             if r["imgs"]: problems.append(f"{rel}: images not loaded: {r['imgs'][:3]}")
             if r["state"] and not r["widgets"]: problems.append(f"{rel}: stores widget state but draws no widget")
+            if r["hidden"]: problems.append(f"{rel}: at 1280 px, tables cut off on the right: {r['hidden'][:2]}")
             if r["open"]: problems.append(f"{rel}: {r['open']} of {r['drops']} solutions are open")
             bad = [t for o in r["outs"] for t in BAD_TEXT if t in o]
             if bad: problems.append(f"{rel}: outputs contain {sorted(set(bad))}")

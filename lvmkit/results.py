@@ -148,14 +148,15 @@ def _table(records: list[ResultRecord]) -> list[str]:
     head = "test " + " or ".join(METRICS[m] for m in metrics)
     rows = sorted(records, key=lambda r: (MODES.index(r.mode), r.name))
     protocols = list(dict.fromkeys(r.protocol for r in rows))          # in the order the rows first use them
-    lines = [f"| run | {head} | k | test examples | test ELBO (nats) | bits/dim | model | steps | training time | mode | device | commit | protocol |",
-             "|---|--:|--:|--:|--:|--:|---|--:|--:|---|---|---|---|"]
-    for r in rows:
-        cells = [f"`{r.name}`", _value(r, len(metrics) > 1), str(r.k), f"{r.test_n:,}" if r.test_n else "–", _fmt(r.test_elbo), _fmt(r.bpd, 3),
-                 r.model, f"{r.steps:,}", _fmt_time(r.wall_time_s), QUICK_LABEL if r.mode == "quick" else "full", r.device or "–",
-                 f"`{r.commit}`" if r.commit else "–", f"P{protocols.index(r.protocol) + 1}"]
+    lines = [":::{div} full-width", "",              # the wide table may use the page's margin (the book theme's full-width class)
+             f"| run | {head} | k | test examples | test ELBO (nats) | bits/dim | steps | training time | device | commit | protocol |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|---|---|---|"]
+    for r in rows:                                 # the model is in the run's record; a quick run says so in its name's cell
+        cells = [f"`{r.name}`" + (f" *{QUICK_LABEL}*" if r.mode == "quick" else ""), _value(r, len(metrics) > 1), str(r.k),
+                 f"{r.test_n:,}" if r.test_n else "–", _fmt(r.test_elbo), _fmt(r.bpd, 3), f"{r.steps:,}", _fmt_time(r.wall_time_s),
+                 r.device or "–", f"`{r.commit}`" if r.commit else "–", f"P{protocols.index(r.protocol) + 1}"]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    lines += ["", "Protocols:", ""] + [f"- **P{i}**: {p}" for i, p in enumerate(protocols, 1)]
+    lines += ["", ":::", "", "Protocols:", ""] + [f"- **P{i}**: {p}" for i, p in enumerate(protocols, 1)]
     refs = sorted({(label, v, r.metric) for r in records for label, v in r.reference.items()})
     if refs:
         lines += ["", "Published numbers quoted with these runs (see each chapter for the protocol behind them):", ""]
@@ -172,7 +173,7 @@ def results_markdown(records: list[ResultRecord]) -> str:
              "into this page, and CI fails if the committed page differs from the records.", "",
              f"Rows marked *{QUICK_LABEL}* come from the small quick configuration (`LVMKIT_QUICK=1`) that CI runs on a CPU "
              "in seconds: they show that the code runs end to end, not what the model can reach. Only rows marked *full* "
-             "are results. NLL is the negative log-likelihood in nats per example, estimated with `k` importance samples on the *test examples* counted; "
+             "are results (rows without that mark). NLL is the negative log-likelihood in nats per example, estimated with `k` importance samples on the *test examples* counted; "
              "bits/dim is nats / (D ln 2). *Training time* counts the optimisation steps (validation, checkpoints and the test "
              "evaluation excluded; each record also stores its evaluation time).", ""]
     if not records:

@@ -80,8 +80,8 @@ def test_markdown_rows_and_quick_label():
     page = results_markdown([quick, cifar, full])
     assert page.startswith("# Results\n") and "never by hand" in page
     assert page.count("\n## ") == 2 and page.index("## binarized_mnist") < page.index("## cifar10")
-    rows = [l for l in page.splitlines() if "| vae |" in l]   # the model column
-    assert len(rows) == 2 and "| full |" in rows[0] and QUICK_LABEL in rows[1]   # full runs first, quick labelled
+    rows = [l for l in page.splitlines() if l.startswith("| `vae-")]
+    assert len(rows) == 2 and rows[0].startswith("| `vae-bmnist` |") and QUICK_LABEL in rows[1] and QUICK_LABEL not in rows[0]   # full runs first, quick labelled
     assert "86.31" in rows[0] and "5000" in rows[0] and "-89.90" in rows[0] and "`abc1234`" in rows[0]
     assert "120.50" in rows[1] and "CPU: test, 2 threads" in rows[1]
     assert "test bits/dim" in page and "3.123" in page and "test NLL (nats)" in page
@@ -91,7 +91,7 @@ def test_markdown_rows_and_quick_label():
 
 
 def test_markdown_escapes_pipes_and_marks_other_splits():
-    page = results_markdown([make(model="a | b", split="valid")])
+    page = results_markdown([make(device="a | b", split="valid")])
     assert "a \\| b" in page and "86.31 (valid)" in page
 
 

@@ -43,6 +43,14 @@ WIDGET_SETUP = """// lvmkit book (book/_ext/lvmkit_book.py): RequireJS base URL 
 """
 
 
+# Results tables are wide (a run, its numbers, its cost): at 1280 px the article column is about 690 px wide, and the
+# headline numbers at the right end of a chapter's table were off-screen. Smaller type and padding in tables.
+TABLE_CSS = """/* lvmkit book (book/_ext/lvmkit_book.py): compact tables */
+.bd-article table { font-size: 0.78rem; }
+.bd-article table th, .bd-article table td { padding: 0.2rem 0.35rem; }
+"""
+
+
 def dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
     "Keep one of each identical script (same file or inline body, same priority and attributes) on the page."
     scripts = context.get("script_files")
@@ -71,10 +79,12 @@ def local_assets(app, config) -> None:
     # The widget bundle asks RequireJS for its fonts under @jupyter-widgets/html-manager/dist/, relative to RequireJS's base URL,
     # which is the page's folder unless set: point it at _static, where that folder is.
     (out / "widget-setup.js").write_text(WIDGET_SETUP)
+    (out / "lvmkit-book.css").write_text(TABLE_CSS)
     config.nb_ipywidgets_js = {"require.js": {}, "widget-setup.js": {}, "@jupyter-widgets/html-manager/dist/embed-amd.js": {}}
 
 
 def setup(app):
+    app.add_css_file("lvmkit-book.css")
     app.connect("config-inited", local_assets)
     # early: Sphinx emits html-page-context with emit_firstresult, so a handler after one that returns a template would not run
     app.connect("html-page-context", dedupe_scripts, priority=100)
