@@ -13,11 +13,12 @@ compared: shapes, parameter counts, closed-form checks, dataset statistics, prin
 `mark` runs with one thread (the hardware line differs from the machine's) and is run after a chapter's outputs are stored.
 """
 from __future__ import annotations
-import json, os, subprocess, sys, tempfile
+import json, os, re, subprocess, sys, tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 TAG = "nbval-check-output"
+TIMING = re.compile(r"\d+(\.\d+)?\s?(s|ms|sec|seconds|min)\b|/s\b|it/s|s/it")   # timings vary, and so does their padding: never compared
 
 
 def code_cells(nb: dict) -> list[dict]:
@@ -30,6 +31,10 @@ def checked(cell: dict) -> bool:
 
 def has_output(cell: dict) -> bool:
     return any(o.get("output_type") != "stream" or o.get("name") == "stdout" for o in cell.get("outputs", []))
+
+
+def output_text(cell: dict) -> str:
+    return "".join("".join(o.get("text", [])) + "".join(o.get("data", {}).get("text/plain", [])) for o in cell.get("outputs", []))
 
 
 def mark(paths: list[Path]) -> None:
@@ -49,7 +54,7 @@ def mark(paths: list[Path]) -> None:
         added = removed = 0
         for i, c in enumerate(code_cells(nb)):
             tags = c.setdefault("metadata", {}).setdefault("tags", [])
-            want = res.get(i, False) and has_output(c)
+            want = res.get(i, False) and has_output(c) and not TIMING.search(output_text(c))
             if want and TAG not in tags: tags.append(TAG); added += 1
             if not want and TAG in tags: tags.remove(TAG); removed += 1
             if not tags: del c["metadata"]["tags"]
