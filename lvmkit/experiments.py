@@ -55,6 +55,7 @@ class Evaluation:
     k: tuple[int, ...] = (1000,)                # importance samples; the first is the headline number
     batch_size: int = 500                       # test images per importance-weighted batch (lower it for large decoders)
     max_elements: int = 2**25                   # bound on (samples x images x pixels) per network pass: lower it for wide conv nets
+    compile: bool = False                       # torch.compile the model's log_weights (full mode only: it pays off when an evaluation takes minutes)
     sample_noise: bool = False                  # samples.png shows decoder means (False) or draws (True: autoregressive decoders)
     monitor_n: int = 500                        # examples (validation split, else training) for a model's `monitor(x)` diagnostics
 
@@ -105,7 +106,7 @@ class Experiment:
         objective = dict(self.objective)
         if objective.get("warmup_steps"):                              # the same fraction of training as in the full run
             objective["warmup_steps"] = max(1, round(objective["warmup_steps"] * train.steps / self.train.steps))
-        return replace(self, name=self.name + "-quick", train=train, objective=objective, evaluation=replace(self.evaluation, k=self.quick.k),
+        return replace(self, name=self.name + "-quick", train=train, objective=objective, evaluation=replace(self.evaluation, k=self.quick.k, compile=False),
                        prior=prior, description=f"quick (CI) version: {train.steps} steps, K={','.join(map(str, self.quick.k))}, "
                                                 f"{self.quick.test_n} test examples; of: {self.description}")
 
@@ -174,7 +175,8 @@ def _evaluate_and_record(model: nn.Module, exp: Experiment, name: str, test: Dat
                          config: dict) -> tuple[dict, list[ResultRecord]]:
     "Evaluate `model` on `test` for each K in `ks` and make one results record per K (named `name`, then `name-iwK`)."
     ev = exp.evaluation
-    evals = {k: evaluate(model, test, k=k, batch_size=ev.batch_size, device=device, progress=progress, max_elements=ev.max_elements) for k in ks}
+    evals = {k: evaluate(model, test, k=k, batch_size=ev.batch_size, device=device, progress=progress, max_elements=ev.max_elements,
+                         compile=ev.compile) for k in ks}
     suffix = (" (quick: {n} evenly spread test examples)" if quick_mode else " ({n} evenly spread test examples)" if exp.data.test_n is not None else "")
     records = [ResultRecord.from_run(
         run_device=device, name=name if i == 0 else f"{name}-iw{k}", model=config.get("model", exp.model), dataset=exp.data.dataset,

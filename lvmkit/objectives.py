@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_objectives.ipynb #8946fe4e
 from __future__ import annotations
-import math, time
+import math, time, warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 import torch
@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .protocol import ELBOTerms, LatentVariableModule
 
 # %% auto #0
-__all__ = ['kl_warmup', 'free_bits_kl', 'elbo_loss', 'elbo_objective', 'activation_bytes', 'iw_log_likelihood', 'bits_per_dim',
-           'LinearGaussian', 'evaluate']
+__all__ = ['kl_warmup', 'free_bits_kl', 'elbo_loss', 'elbo_objective', 'activation_bytes', 'log_weights_fn', 'iw_log_likelihood',
+           'bits_per_dim', 'LinearGaussian', 'evaluate']
 
 # %% ../nbs/03_objectives.ipynb #7ff0639a
 def kl_warmup(step: int, warmup_steps: int, beta: float = 1.0) -> float:
@@ -78,12 +78,35 @@ def activation_bytes(model: nn.Module, x: Tensor) -> int:
         if was_training: model.train()
     return total[0]
 
+_COMPILED: dict = {}        # log_weights function -> its torch.compile'd version (one per function: dynamo guards on the model's class and shapes)
+_EAGER_ONLY: set = set()    # model classes whose compilation failed once: evaluated eagerly from then on
+
+def log_weights_fn(model: nn.Module, compile: bool = False) -> Callable[[Tensor, int], Tensor]:
+    """`model.log_weights` as a function (x, S) -> (S, B); with `compile=True`, compiled by `torch.compile` (static shapes, so call it with one
+    chunk size). The compiled code takes the model as an argument (no copy of its weights is kept, so it always sees the current ones).
+    If compilation fails (no C++ compiler, an unsupported operation), it warns once and evaluates eagerly: a slower estimate, never a wrong one."""
+    if not compile or type(model) in _EAGER_ONLY: return model.log_weights
+    fn = type(model).log_weights
+    if fn not in _COMPILED: _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    compiled = _COMPILED[fn]
+    def call(x: Tensor, s: int) -> Tensor:
+        if type(model) in _EAGER_ONLY: return model.log_weights(x, s)
+        try: return compiled(model, x, s)
+        except Exception as e:
+            out = model.log_weights(x, s)         # an error of the input or the model raises here again, as it would without compile
+            _EAGER_ONLY.add(type(model))
+            warnings.warn(f"torch.compile could not compile {type(model).__name__}.log_weights ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                          "evaluating eagerly (the same estimate, slower)", RuntimeWarning, stacklevel=2)
+            return out
+    return call
+
 @torch.no_grad()
 def iw_log_likelihood(model: nn.Module, x: Tensor, k: int = 1000, chunk_size: int | None = None,
-                      max_elements: int = 2**25, max_bytes: int | None = None) -> tuple[Tensor, Tensor]:
+                      max_elements: int = 2**25, max_bytes: int | None = None, compile: bool = False) -> tuple[Tensor, Tensor]:
     """Importance-weighted estimate of log p(x) from `k` of the model's `log_weights`, and their mean (the ELBO for a latent-variable model); each (B,).
     Samples are drawn in chunks: `chunk_size`, else as many as `max_bytes` of activations allow (measured on one sample, `activation_bytes`),
-    else at most `max_elements` samples x images x pixels."""
+    else at most `max_elements` samples x images x pixels. With `compile=True` the weights come from `log_weights_fn(model, compile=True)`,
+    and every chunk has the same size (the last one draws a full chunk and keeps what it needs), so the compiled code is built once per batch shape."""
     if k < 1: raise ValueError(f"the number of importance samples k must be >= 1, got {k}")
     if not callable(getattr(model, "log_weights", None)):
         raise TypeError(f"{type(model).__name__} has no log_weights(x, k): every lvmkit model must (see lvmkit.protocol); "
@@ -99,12 +122,15 @@ def iw_log_likelihood(model: nn.Module, x: Tensor, k: int = 1000, chunk_size: in
     lse, elbo_sum, done = None, torch.zeros(B, dtype=torch.float64, device=x.device), 0
     was_training = getattr(model, "training", False)
     if was_training: model.eval()                                     # an estimate, not a training pass: no dropout, no batch-norm updates
+    log_weights = log_weights_fn(model, compile)
     try:
         while done < k:
             s = min(S, k - done)
-            log_w = model.log_weights(x, s).double()                  # (s, B)
-            if log_w.shape != (s, B):
-                raise ValueError(f"{type(model).__name__}.log_weights(x, {s}) must return shape ({s}, {B}), got {tuple(log_w.shape)}")
+            n = S if compile else s                                   # compiled: always a full chunk (one shape), of which s are kept
+            log_w = log_weights(x, n)
+            if log_w.shape != (n, B):
+                raise ValueError(f"{type(model).__name__}.log_weights(x, {n}) must return shape ({n}, {B}), got {tuple(log_w.shape)}")
+            log_w = log_w[:s].double()                                # (s, B)
             chunk = torch.logsumexp(log_w, dim=0)
             lse = chunk if lse is None else torch.logaddexp(lse, chunk)
             elbo_sum += log_w.sum(0); done += s
@@ -168,8 +194,10 @@ def _batches(data: Dataset | Tensor, batch_size: int, device: torch.device) -> I
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset | Tensor, k: int = 1000, batch_size: int = 500,
-             device: torch.device | str | None = None, progress: bool = True, max_elements: int = 2**25, max_bytes: int | None = None) -> dict:
-    "Test ELBO and importance-weighted NLL (nats and bits/dim) of `model` on `data` with `k` samples."
+             device: torch.device | str | None = None, progress: bool = True, max_elements: int = 2**25, max_bytes: int | None = None,
+             compile: bool = False) -> dict:
+    """Test ELBO and importance-weighted NLL (nats and bits/dim) of `model` on `data` with `k` samples.
+    `compile=True` compiles the model's `log_weights` with torch.compile (see `iw_log_likelihood`): worth it when the evaluation takes minutes."""
     from tqdm.auto import tqdm
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training; model.eval()
@@ -178,7 +206,7 @@ def evaluate(model: nn.Module, data: Dataset | Tensor, k: int = 1000, batch_size
         total = len(data) if hasattr(data, "__len__") else None
         bar = tqdm(total=total, desc=f"IW-{k} eval", unit="ex", disable=not progress, leave=False)
         for x in _batches(data, batch_size, device):
-            ll, elbo = iw_log_likelihood(model, x, k=k, max_elements=max_elements, max_bytes=max_bytes)
+            ll, elbo = iw_log_likelihood(model, x, k=k, max_elements=max_elements, max_bytes=max_bytes, compile=compile)
             n += len(x); sum_ll += ll.double().sum().item(); sum_elbo += elbo.double().sum().item()
             dims = x[0].numel(); bar.update(len(x))
         bar.close()

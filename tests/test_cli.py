@@ -139,14 +139,16 @@ def test_eval_uses_the_runs_recorded_evaluation_settings(tmp_path, capsys):
     from dataclasses import replace, asdict
     exp = get_experiment("vae-mlp")
     exp = replace(exp, name="tiny", model_kwargs=dict(z_dim=3, hidden=(16,)), data=replace(exp.data, test_n=20),
-                  evaluation=replace(exp.evaluation, k=(2,), batch_size=7, max_elements=3 * 7 * 784),
+                  evaluation=replace(exp.evaluation, k=(2,), batch_size=7, max_elements=3 * 7 * 784, compile=True),
                   train=replace(exp.train, steps=10, eval_every=10, log_every=10))
     run_experiment(exp, quick_mode=False, run_dir=tmp_path / "run", progress=False, device="cpu")
     assert main(["eval", str(tmp_path / "run" / "best.pt"), "--iw", "4", "--n", "20", "--no-progress", "--device", "cpu"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert (r["batch_size"], r["max_elements"]) == (7, 3 * 7 * 784)
-    assert main(["eval", str(tmp_path / "run" / "best.pt"), "--iw", "4", "--n", "20", "--batch-size", "20", "--no-progress"]) == 0
-    assert json.loads(capsys.readouterr().out)["batch_size"] == 20
+    assert (r["batch_size"], r["max_elements"], r["compile"]) == (7, 3 * 7 * 784, True)
+    assert main(["eval", str(tmp_path / "run" / "best.pt"), "--iw", "4", "--n", "20", "--batch-size", "20", "--no-progress", "--no-compile"]) == 0
+    r2 = json.loads(capsys.readouterr().out)
+    assert (r2["batch_size"], r2["compile"]) == (20, False)
+    assert abs(r2["nll"] - r["nll"]) < 5.0                       # compiled and eager: the same estimate up to IW-4 noise on 20 digits
 
 
 def test_output_folders_are_checked_before_training(tmp_path, capsys, monkeypatch):
