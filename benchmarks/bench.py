@@ -6,8 +6,10 @@ on the machine it runs on, written as a JSON record (hardware, torch version, co
     python benchmarks/bench.py --page          # only regenerate book/performance.md from the records
 
 Training: `steps` optimiser steps of the recipe's objective and optimiser on one batch of real data of the recipe's batch size,
-after `warmup` untimed steps (data loading excluded: this is the step itself). Evaluation: the recipe's K importance samples on
-`n_eval` test images with its evaluation batch size and chunking, timed and scaled to 1000 images. Peak memory: the process's
+after 3 untimed steps (data loading excluded: this is the step itself), eagerly and with torch.compile (TrainConfig(compile=True);
+its compilation happens in the untimed steps and is reported). Evaluation: the recipe's K importance samples on `n_eval` test
+images with its evaluation batch size and chunking, timed and scaled to 1000 images, eagerly and compiled (Evaluation(compile=True);
+the compiled evaluation is run twice, and the difference of the two times is reported as the compile time). Peak memory: the process's
 peak resident set size (CPU) or the CUDA allocator's peak. Nothing else should run on the machine while it measures. Not part of CI.
 """
 from __future__ import annotations
@@ -25,59 +27,102 @@ CASES = [("1", "vae-mlp", 30, 200), ("1", "vae-seed-meanfield", 30, 200), ("2", 
 
 
 def measure(name: str, steps: int, n_eval: int) -> dict:
-    "One case, in this process."
+    "One case, in this process: training eager and compiled, evaluation eager and compiled."
     import torch
     import lvmkit.recipes  # noqa: F401  (registers the experiments)
     from lvmkit.core import build_model, default_device, seed_everything
     from lvmkit.experiments import OBJECTIVES, get_dataset, get_experiment, _subset
     from lvmkit.objectives import evaluate
-    from lvmkit.training import make_optimizer
+    from lvmkit.training import LossModule, make_optimizer
     exp = get_experiment(name)
     dev = default_device()
     seed_everything(0)
     model = build_model(exp.model, **exp.model_kwargs).to(dev)
     train = get_dataset(exp.data.dataset, "train")
     batch = torch.stack([train[i][0] if isinstance(train[i], (tuple, list)) else train[i] for i in range(exp.train.batch_size)]).to(dev)
-    loss_fn, opt = OBJECTIVES[exp.loss](**exp.objective), make_optimizer(list(model.parameters()), exp.train, dev)
-    def step(i: int):
-        loss, _ = loss_fn(model, batch, i)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-    model.train()
-    for i in range(2): step(i)
-    if dev.type == "cuda": torch.cuda.synchronize(dev)
-    t0 = time.perf_counter()
-    for i in range(steps): step(i + 2)
-    if dev.type == "cuda": torch.cuda.synchronize(dev)
-    t_train = time.perf_counter() - t0
+    if hasattr(model, "data_init"): model.data_init(batch)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    out = dict(name=name, model=exp.model, params=sum(p.numel() for p in model.parameters()), batch_size=exp.train.batch_size,
+               optimizer=exp.train.optimizer, train_steps_timed=steps)
+    for mode in ("eager", "compiled"):                                   # the recipe's objective and optimiser, as fit runs them
+        module = LossModule(model, OBJECTIVES[exp.loss](**exp.objective))
+        if mode == "compiled": module = torch.compile(module)           # TrainConfig(compile=True)
+        opt = make_optimizer(list(model.parameters()), exp.train, dev)
+        def step(i: int):
+            loss, _ = module(batch, i)
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        model.train()
+        t0 = time.perf_counter()
+        for i in range(3): step(i)                                        # untimed (compiled: the compilation)
+        sync(); first = time.perf_counter() - t0; t0 = time.perf_counter()
+        for i in range(steps): step(i + 3)
+        sync()
+        out[f"train_{mode}_examples_per_s"] = steps * exp.train.batch_size / (time.perf_counter() - t0)
+        out[f"train_{mode}_first3_s"] = first
     k = exp.evaluation.k[0]
     test = _subset(get_dataset(exp.data.dataset, exp.data.test_split), n_eval)
-    seed_everything(0)
-    r = evaluate(model, test, k=k, batch_size=exp.evaluation.batch_size, device=dev, progress=False, max_elements=exp.evaluation.max_elements)
+    ev = dict(k=k, batch_size=exp.evaluation.batch_size, device=dev, progress=False, max_elements=exp.evaluation.max_elements)
+    for mode in ("eager", "compiled"):
+        seed_everything(0)
+        r = evaluate(model, test, compile=mode == "compiled", **ev)     # compiled: the first call compiles
+        if mode == "compiled":
+            first = r["seconds"]; seed_everything(0)
+            r = evaluate(model, test, compile=True, **ev)
+            out["eval_compile_s"] = first - r["seconds"]
+        out[f"eval_{mode}_s_per_1000"] = r["seconds"] * 1000 / n_eval
+        out[f"eval_{mode}_nll"] = r["nll"]
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(name=name, model=exp.model, params=sum(p.numel() for p in model.parameters()), batch_size=exp.train.batch_size,
-                optimizer=exp.train.optimizer, train_steps_timed=steps, train_examples_per_s=steps * exp.train.batch_size / t_train,
-                eval_k=k, eval_n=n_eval, eval_batch_size=exp.evaluation.batch_size, eval_s=r["seconds"],
-                eval_s_per_1000=r["seconds"] * 1000 / n_eval, peak_memory_mb=peak, memory="CUDA allocator peak" if dev.type == "cuda" else "peak RSS of the process")
+    return dict(out, eval_k=k, eval_n=n_eval, eval_batch_size=exp.evaluation.batch_size, eval_max_elements=exp.evaluation.max_elements,
+                peak_memory_mb=peak, memory="CUDA allocator peak" if dev.type == "cuda" else "peak RSS of the process")
 
 
-def page(records: list[Path]) -> str:
-    "The Markdown of book/performance.md from the newest record."
+def page(records: list[Path], seeds: list[Path] | None = None) -> str:
+    "The Markdown of book/performance.md from the newest record, and the newest side-by-side with the seeds (benchmarks/seeds.py)."
     lines = ["# Performance", "",
              "Generated by `python benchmarks/bench.py` from its newest record in `benchmarks/results/` (not by hand, and not part of CI's "
              "pass/fail). Each row is one chapter's recipe measured in its own process on the machine named below: training examples per "
-             "second of the recipe's own optimiser step on one batch of real data (data loading excluded), the recipe's importance-weighted "
-             "evaluation timed on a few test images and scaled to 1000, and the process's peak memory. The weights are the initial ones: "
-             "speed and memory do not depend on them.", ""]
-    if not records: return "\n".join(lines + ["No benchmark has been recorded yet.", ""])
-    rec = json.loads(records[-1].read_text())
-    lines += [f"**Machine:** {rec['hardware']}; torch {rec['torch']}; commit `{rec['commit']}`; {rec['date'][:16]} UTC; command: `{rec['command']}`.", "",
-              "| chapter | recipe | parameters | batch | training (examples/s) | K | evaluation per 1000 test images | peak memory |",
-              "|---|---|--:|--:|--:|--:|--:|--:|"]
-    for c in rec["cases"]:
-        if "error" in c: lines.append(f"| {c['chapter']} | `{c['name']}` | failed: {c['error'][:80]} | | | | | |"); continue
-        lines.append(f"| {c['chapter']} | `{c['name']}` | {c['params'] / 1e6:.2f}M | {c['batch_size']} | {c['train_examples_per_s']:,.0f} | {c['eval_k']:,} | "
-                     f"{c['eval_s_per_1000']:,.0f} s (timed on {c['eval_n']}) | {c['peak_memory_mb'] / 1024:.2f} GB |")
-    lines += ["", f"Older records: {', '.join(f'`{p.name}`' for p in records[:-1]) or 'none'}.", ""]
+             "second of the recipe's own optimiser step on one batch of real data (data loading excluded), eagerly and compiled with "
+             "`torch.compile` (`TrainConfig(compile=True)`); the recipe's importance-weighted evaluation timed on a few test images and scaled "
+             "to 1000, eagerly and compiled (`Evaluation(compile=True)`, the default of the recipes' full-mode evaluations that it speeds up); "
+             "and the process's peak memory. The weights are the initial ones: speed and memory do not depend on them. Compile times are "
+             "paid once per run and are not in the rates.", ""]
+    if not records: lines += ["No benchmark has been recorded yet.", ""]
+    else:
+        rec = json.loads(records[-1].read_text())
+        lines += [f"**Machine:** {rec['hardware']}; torch {rec['torch']}; commit `{rec['commit']}`; {rec['date'][:16]} UTC; command: `{rec['command']}`.", "",
+                  ":::{div} full-width", "",
+                  "| chapter | recipe | parameters | batch | training, eager (examples/s) | compiled | K | evaluation per 1000 test images, eager | compiled | peak memory |",
+                  "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+        for c in rec["cases"]:
+            if "error" in c: lines.append(f"| {c['chapter']} | `{c['name']}` | failed: {c['error'][:80]} | | | | | | | |"); continue
+            if "train_eager_examples_per_s" not in c:                                    # a record of the older, eager-only benchmark
+                lines.append(f"| {c['chapter']} | `{c['name']}` | {c['params'] / 1e6:.2f}M | {c['batch_size']} | {c['train_examples_per_s']:,.0f} | – | "
+                             f"{c['eval_k']:,} | {c['eval_s_per_1000']:,.0f} s | – | {c['peak_memory_mb'] / 1024:.2f} GB |"); continue
+            te, tc = c["train_eager_examples_per_s"], c["train_compiled_examples_per_s"]
+            ee, ec = c["eval_eager_s_per_1000"], c["eval_compiled_s_per_1000"]
+            lines.append(f"| {c['chapter']} | `{c['name']}` | {c['params'] / 1e6:.2f}M | {c['batch_size']} | {te:,.0f} | {tc:,.0f} ({tc / te:.2f}x; "
+                         f"compile {c['train_compiled_first3_s']:.0f} s) | {c['eval_k']:,} | {ee:,.0f} s | {ec:,.0f} s ({ee / ec:.2f}x; compile "
+                         f"{c['eval_compile_s']:.0f} s) | {c['peak_memory_mb'] / 1024:.2f} GB |")
+        lines += ["", ":::", "", f"Evaluation timed on {', '.join(sorted({str(c.get('eval_n')) for c in rec['cases'] if 'eval_n' in c}))} test images per recipe. "
+                  f"Older records: {', '.join(f'`{p.name}`' for p in records[:-1]) or 'none'}.", ""]
+    lines += ["## Side by side with the seeds' own code", "",
+              "Generated from the newest `benchmarks/results/seeds-*.json`, written by `python benchmarks/seeds.py` (see its docstring for how to "
+              "check out the seed, which lvmkit does not ship). The seed's model is built from its own repository and trained with its own loss; "
+              "lvmkit's recipe of the same configuration is trained eagerly and compiled. Same machine, batch, optimiser and thread count, one "
+              "fixed batch of real data, each side in a fresh process.", ""]
+    if not seeds: lines += ["No side-by-side has been recorded yet.", ""]
+    else:
+        rec = json.loads(seeds[-1].read_text())
+        lines += [f"**Machine:** {rec['hardware']}, {rec['threads']} threads; torch {rec['torch']}; lvmkit commit `{rec['commit']}`; {rec['date'][:16]} UTC; "
+                  f"command: `{rec['command']}`.", "", "| configuration | code | parameters | training (examples/s) | ms per step | vs the seed |", "|---|---|--:|--:|--:|--:|"]
+        for c in rec["cases"]:
+            base = next((s["examples_per_s"] for s in c["sides"] if s.get("side") == "seed" and "error" not in s), None)
+            for s in c["sides"]:
+                code = c["seed"] if s["side"] == "seed" else f"lvmkit `{c['recipe']}`" + (" compiled" if "compiled" in s["side"] else "")
+                if "error" in s: lines.append(f"| {c['what']} | {code} | failed: {s['error'][:80]} | | | |"); continue
+                ratio = f"{s['examples_per_s'] / base:.2f}x" if base else "–"
+                lines.append(f"| {c['what']} | {code} | {s['params'] / 1e6:.2f}M | {s['examples_per_s']:,.1f} | {s['ms_per_step']:,.0f} | {ratio} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -107,7 +152,7 @@ def main() -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"{rec['date'][:10]}-{rec['commit']}.json"
         out.write_text(json.dumps(rec, indent=1) + "\n"); print(f"wrote {out}")
-    PAGE.write_text(page(sorted(RESULTS.glob("*.json"))))
+    PAGE.write_text(page(sorted(p for p in RESULTS.glob("*.json") if not p.name.startswith("seeds-")), sorted(RESULTS.glob("seeds-*.json"))))
     print(f"wrote {PAGE}")
     return 0
 
