@@ -72,7 +72,10 @@ def measure(name: str, steps: int, n_eval: int) -> dict:
         out[f"eval_{mode}_s_per_1000"] = r["seconds"] * 1000 / n_eval
         out[f"eval_{mode}_nll"] = r["nll"]
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    D = test[0][0].numel() if isinstance(test[0], (tuple, list)) else test[0].numel()
+    per_pass = max(1, min(k, exp.evaluation.max_elements // max(1, min(n_eval, exp.evaluation.batch_size) * D)))   # as iw_log_likelihood chunks
     return dict(out, eval_k=k, eval_n=n_eval, eval_batch_size=exp.evaluation.batch_size, eval_max_elements=exp.evaluation.max_elements,
+                eval_samples_per_pass=per_pass,
                 peak_memory_mb=peak, memory="CUDA allocator peak" if dev.type == "cuda" else "peak RSS of the process")
 
 
@@ -88,23 +91,34 @@ def page(records: list[Path], seeds: list[Path] | None = None) -> str:
              "paid once per run and are not in the rates.", ""]
     if not records: lines += ["No benchmark has been recorded yet.", ""]
     else:
-        rec = json.loads(records[-1].read_text())
-        lines += [f"**Machine:** {rec['hardware']}; torch {rec['torch']}; commit `{rec['commit']}`; {rec['date'][:16]} UTC; command: `{rec['command']}`.", "",
+        newest: dict[str, tuple[dict, dict, str]] = {}                          # recipe -> its newest measurement (records sort by date)
+        for p in records:
+            rec = json.loads(p.read_text())
+            for c in rec["cases"]: newest[c["name"]] = (c, rec, p.name)
+        used = sorted({f for _, _, f in newest.values()})
+        lines += ["Records shown:", ""]
+        for f in used:
+            rec = json.loads((RESULTS / f).read_text())
+            lines.append(f"- `{f}`: {rec['hardware']}; torch {rec['torch']}; commit `{rec['commit']}`; {rec['date'][:16]} UTC; command: `{rec['command']}`.")
+        lines += ["", "Each row is the newest measurement of its recipe; the last column names the record above that holds it.", "",
                   ":::{div} full-width", "",
-                  "| chapter | recipe | parameters | batch | training, eager (examples/s) | compiled | K | evaluation per 1000 test images, eager | compiled | peak memory |",
-                  "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
-        for c in rec["cases"]:
-            if "error" in c: lines.append(f"| {c['chapter']} | `{c['name']}` | failed: {c['error'][:80]} | | | | | | | |"); continue
+                  "| chapter | recipe | parameters | batch | training, eager (examples/s) | compiled | K | samples x images per pass | evaluation per 1000 test images, eager | compiled | peak memory | record |",
+                  "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+        order = {name: i for i, (_, name, _, _) in enumerate(CASES)}
+        for name in sorted(newest, key=lambda n: order.get(n, 99)):
+            c, rec, f = newest[name]
+            if "error" in c: lines.append(f"| {c.get('chapter', '')} | `{name}` | failed: {c['error'][:80]} | | | | | | | | | `{f}` |"); continue
             if "train_eager_examples_per_s" not in c:                                    # a record of the older, eager-only benchmark
-                lines.append(f"| {c['chapter']} | `{c['name']}` | {c['params'] / 1e6:.2f}M | {c['batch_size']} | {c['train_examples_per_s']:,.0f} | – | "
-                             f"{c['eval_k']:,} | {c['eval_s_per_1000']:,.0f} s | – | {c['peak_memory_mb'] / 1024:.2f} GB |"); continue
+                lines.append(f"| {c['chapter']} | `{name}` | {c['params'] / 1e6:.2f}M | {c['batch_size']} | {c['train_examples_per_s']:,.0f} | – | "
+                             f"{c['eval_k']:,} | – | {c['eval_s_per_1000']:,.0f} s | – | {c['peak_memory_mb'] / 1024:.2f} GB | `{f}` |"); continue
             te, tc = c["train_eager_examples_per_s"], c["train_compiled_examples_per_s"]
             ee, ec = c["eval_eager_s_per_1000"], c["eval_compiled_s_per_1000"]
-            lines.append(f"| {c['chapter']} | `{c['name']}` | {c['params'] / 1e6:.2f}M | {c['batch_size']} | {te:,.0f} | {tc:,.0f} ({tc / te:.2f}x; "
-                         f"compile {c['train_compiled_first3_s']:.0f} s) | {c['eval_k']:,} | {ee:,.0f} s | {ec:,.0f} s ({ee / ec:.2f}x; compile "
-                         f"{c['eval_compile_s']:.0f} s) | {c['peak_memory_mb'] / 1024:.2f} GB |")
-        lines += ["", ":::", "", f"Evaluation timed on {', '.join(sorted({str(c.get('eval_n')) for c in rec['cases'] if 'eval_n' in c}))} test images per recipe. "
-                  f"Older records: {', '.join(f'`{p.name}`' for p in records[:-1]) or 'none'}.", ""]
+            chunk = f"{c['eval_samples_per_pass']} x {c['eval_batch_size']}" if "eval_samples_per_pass" in c else "–"
+            lines.append(f"| {c['chapter']} | `{name}` | {c['params'] / 1e6:.2f}M | {c['batch_size']} | {te:,.0f} | {tc:,.0f} ({tc / te:.2f}x; "
+                         f"compile {c['train_compiled_first3_s']:.0f} s) | {c['eval_k']:,} | {chunk} | {ee:,.0f} s | {ec:,.0f} s ({ee / ec:.2f}x; compile "
+                         f"{c['eval_compile_s']:.0f} s) | {c['peak_memory_mb'] / 1024:.2f} GB | `{f}` |")
+        lines += ["", ":::", "", "Evaluation is timed on a few test images per recipe (`eval_n` in the record: 200 for the MLP models, 25 for the "
+                  "hierarchies) and scaled to 1000.", ""]
     lines += ["## Side by side with the seeds' own code", "",
               "Generated from the newest `benchmarks/results/seeds-*.json`, written by `python benchmarks/seeds.py` (see its docstring for how to "
               "check out the seed, which lvmkit does not ship). The seed's model is built from its own repository and trained with its own loss; "
@@ -113,15 +127,18 @@ def page(records: list[Path], seeds: list[Path] | None = None) -> str:
     if not seeds: lines += ["No side-by-side has been recorded yet.", ""]
     else:
         rec = json.loads(seeds[-1].read_text())
-        lines += [f"**Machine:** {rec['hardware']}, {rec['threads']} threads; torch {rec['torch']}; lvmkit commit `{rec['commit']}`; {rec['date'][:16]} UTC; "
-                  f"command: `{rec['command']}`.", "", "| configuration | code | parameters | training (examples/s) | ms per step | vs the seed |", "|---|---|--:|--:|--:|--:|"]
+        lines += [f"**Machine:** {rec['hardware']} ({rec['threads']} torch threads); torch {rec['torch']}; lvmkit commit `{rec['commit']}`; {rec['date'][:16]} UTC; "
+                  f"command: `{rec['command']}`.", ""]
         for c in rec["cases"]:
             base = next((s["examples_per_s"] for s in c["sides"] if s.get("side") == "seed" and "error" not in s), None)
+            lines += [f"**{c['what']}**", "", "| code | parameters | training (examples/s) | ms per step | vs the seed |", "|---|--:|--:|--:|--:|"]
             for s in c["sides"]:
-                code = c["seed"] if s["side"] == "seed" else f"lvmkit `{c['recipe']}`" + (" compiled" if "compiled" in s["side"] else "")
-                if "error" in s: lines.append(f"| {c['what']} | {code} | failed: {s['error'][:80]} | | | |"); continue
+                code = c["seed"] if s["side"] == "seed" else f"lvmkit `{c['recipe']}`" + (", compiled" if "compiled" in s["side"] else ", eager")
+                if "error" in s: lines.append(f"| {code} | failed: {s['error'][:80]} | | | |"); continue
                 ratio = f"{s['examples_per_s'] / base:.2f}x" if base else "–"
-                lines.append(f"| {c['what']} | {code} | {s['params'] / 1e6:.2f}M | {s['examples_per_s']:,.1f} | {s['ms_per_step']:,.0f} | {ratio} |")
+                extra = f" (compile {s['warmup_s']:.0f} s, not counted)" if "compiled" in s["side"] else ""
+                lines.append(f"| {code} | {s['params'] / 1e6:.2f}M | {s['examples_per_s']:,.1f}{extra} | {s['ms_per_step']:,.0f} | {ratio} |")
+            lines.append("")
         lines.append("")
     return "\n".join(lines)
 

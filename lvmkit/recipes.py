@@ -33,7 +33,7 @@ VAE_MLP = register_experiment(Experiment(
                       eval_every=5_000, log_every=500),
     objective=dict(analytic_kl=True, warmup_steps=5_000),
     data=Data(protocol=MNIST_PROTOCOL),
-    evaluation=Evaluation(k=(1000, 128)),
+    evaluation=Evaluation(k=(1000, 128), compile=True),
     quick=Quick(train=dict(steps=400, eval_every=200, log_every=50), k=(100,)),
     reference={"DLGM / VAE, as printed by pythae (Chadebec et al. 2022), which cites Rezende & Mohamed 2015": 89.9, "pythae VAE reproduction, 200 IS": 89.78,
                "IWAE k=50 reference, as listed by pythae": 87.1}), alias="vae")
@@ -70,7 +70,7 @@ IAF_MLP = register_experiment(Experiment(
                       eval_every=5_000, log_every=500),
     objective=dict(analytic_kl=False, warmup_steps=5_000),
     data=Data(protocol=MNIST_PROTOCOL),
-    evaluation=Evaluation(k=(1000, 128)),
+    evaluation=Evaluation(k=(1000, 128), compile=True),
     quick=Quick(train=dict(steps=300, eval_every=150, log_every=50), k=(100,)),
     reference={"IAF paper, ResNet VAE with IAF (large conv model)": 79.88}))
 
@@ -155,7 +155,7 @@ LVAE_MNIST_CPU = register_experiment(Experiment(
     train=TrainConfig(steps=15_000, batch_size=64, lr=1e-3, lr_schedule="cosine", lr_final=0.05, ema_decay=0.999, eval_every=500, log_every=100),
     objective=dict(free_bits=0.5, free_bits_mode="example"),
     data=Data(train_split="train+valid", valid_split=None, protocol=LVAE_PROTOCOL, test_n=1000),
-    evaluation=Evaluation(k=(1000, 100), batch_size=25, max_elements=2**21, monitor_n=32),
+    evaluation=Evaluation(k=(1000, 100), batch_size=25, max_elements=8 * 25 * 784, compile=True, monitor_n=32),   # chunks of 8 samples x 25 digits, compiled: the fastest measured on a CPU (benchmarks/)
     quick=_QUICK,
     reference={"seed, 6 layers, IW-1000 (GPU, much larger model)": 78.52}), alias="lvae")
 LVAE_CIFAR10_CPU = register_experiment(Experiment(
