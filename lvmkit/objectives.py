@@ -86,12 +86,19 @@ def log_weights_fn(model: nn.Module, compile: bool = False) -> Callable[[Tensor,
     chunk size). The compiled code takes the model as an argument (no copy of its weights is kept, so it always sees the current ones).
     If compilation fails (no C++ compiler, an unsupported operation), it warns once and evaluates eagerly: a slower estimate, never a wrong one."""
     if not compile or type(model) in _EAGER_ONLY: return model.log_weights
-    fn = type(model).log_weights
-    if fn not in _COMPILED: _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    fn, D = type(model).log_weights, torch.distributions.Distribution
+    if fn not in _COMPILED:
+        before = D._validate_args
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+        D.set_default_validate_args(before)       # torch.compile switches torch.distributions' checks off for the whole process: not ours to change
     compiled = _COMPILED[fn]
     def call(x: Tensor, s: int) -> Tensor:
         if type(model) in _EAGER_ONLY: return model.log_weights(x, s)
-        try: return compiled(model, x, s)
+        before = D._validate_args
+        D.set_default_validate_args(False)           # off inside the compiled code only (checks would break its graph); the model's input check still runs
+        try:
+            try: return compiled(model, x, s)
+            finally: D.set_default_validate_args(before)
         except Exception as e:
             out = model.log_weights(x, s)         # an error of the input or the model raises here again, as it would without compile
             _EAGER_ONLY.add(type(model))

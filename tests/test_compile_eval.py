@@ -89,3 +89,19 @@ def test_failed_compilation_warns_and_evaluates_eagerly(monkeypatch):
         c = iw_log_likelihood(lg, x, k=50, chunk_size=10, compile=True)[0]
     assert torch.allclose(a, b)
     assert LinearGaussian in O._EAGER_ONLY and c.shape == (20,)
+
+
+def test_torch_distributions_checks_are_left_as_they_were():
+    "torch.compile switches torch.distributions' argument checks off for the whole process; a compiled evaluation must not leave them off."
+    D = torch.distributions.Distribution
+    before = D._validate_args
+    try:
+        D.set_default_validate_args(True)
+        torch.manual_seed(0)
+        lg = LinearGaussian(x_dim=4, z_dim=2, seed=3)
+        iw_log_likelihood(lg, lg.sample(10), k=8, chunk_size=8, compile=True)
+        assert D._validate_args is True
+        with pytest.raises(ValueError):                                  # checks still on for everyone else
+            torch.distributions.Normal(torch.zeros(2), -torch.ones(2))
+    finally:
+        D.set_default_validate_args(before)
