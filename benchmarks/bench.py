@@ -96,29 +96,34 @@ def page(records: list[Path], seeds: list[Path] | None = None) -> str:
             rec = json.loads(p.read_text())
             for c in rec["cases"]: newest[c["name"]] = (c, rec, p.name)
         used = sorted({f for _, _, f in newest.values()})
+        ids = {f: f"R{i + 1}" for i, f in enumerate(used)}
         lines += ["Records shown:", ""]
         for f in used:
             rec = json.loads((RESULTS / f).read_text())
-            lines.append(f"- `{f}`: {rec['hardware']}; torch {rec['torch']}; commit `{rec['commit']}`; {rec['date'][:16]} UTC; command: `{rec['command']}`.")
-        lines += ["", "Each row is the newest measurement of its recipe; the last column names the record above that holds it.", "",
+            lines.append(f"- **{ids[f]}** `{f}`: {rec['hardware']}; torch {rec['torch']}; commit `{rec['commit']}`; {rec['date'][:16]} UTC; command: `{rec['command']}`.")
+        lines += ["", "Each row is the newest measurement of its recipe (the last column names its record); the compile times, paid once per run, "
+                  "are listed under the table.", "",
                   ":::{div} full-width", "",
-                  "| chapter | recipe | parameters | batch | training, eager (examples/s) | compiled | K | samples x images per pass | evaluation per 1000 test images, eager | compiled | peak memory | record |",
-                  "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+                  "| ch. | recipe | params | training, eager (ex./s) | compiled | K | samples x images per pass | IW evaluation per 1000 test images, eager | compiled | peak memory | rec. |",
+                  "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
         order = {name: i for i, (_, name, _, _) in enumerate(CASES)}
+        compiles = []
         for name in sorted(newest, key=lambda n: order.get(n, 99)):
             c, rec, f = newest[name]
-            if "error" in c: lines.append(f"| {c.get('chapter', '')} | `{name}` | failed: {c['error'][:80]} | | | | | | | | | `{f}` |"); continue
+            if "error" in c: lines.append(f"| {c.get('chapter', '')} | `{name}` | failed: {c['error'][:80]} | | | | | | | | {ids[f]} |"); continue
             if "train_eager_examples_per_s" not in c:                                    # a record of the older, eager-only benchmark
-                lines.append(f"| {c['chapter']} | `{name}` | {c['params'] / 1e6:.2f}M | {c['batch_size']} | {c['train_examples_per_s']:,.0f} | – | "
-                             f"{c['eval_k']:,} | – | {c['eval_s_per_1000']:,.0f} s | – | {c['peak_memory_mb'] / 1024:.2f} GB | `{f}` |"); continue
+                lines.append(f"| {c['chapter']} | `{name}` | {c['params'] / 1e6:.2f}M | {c['train_examples_per_s']:,.0f} | – | "
+                             f"{c['eval_k']:,} | – | {c['eval_s_per_1000']:,.0f} s | – | {c['peak_memory_mb'] / 1024:.2f} GB | {ids[f]} |"); continue
             te, tc = c["train_eager_examples_per_s"], c["train_compiled_examples_per_s"]
             ee, ec = c["eval_eager_s_per_1000"], c["eval_compiled_s_per_1000"]
             chunk = f"{c['eval_samples_per_pass']} x {c['eval_batch_size']}" if "eval_samples_per_pass" in c else "–"
-            lines.append(f"| {c['chapter']} | `{name}` | {c['params'] / 1e6:.2f}M | {c['batch_size']} | {te:,.0f} | {tc:,.0f} ({tc / te:.2f}x; "
-                         f"compile {c['train_compiled_first3_s']:.0f} s) | {c['eval_k']:,} | {chunk} | {ee:,.0f} s | {ec:,.0f} s ({ee / ec:.2f}x; compile "
-                         f"{c['eval_compile_s']:.0f} s) | {c['peak_memory_mb'] / 1024:.2f} GB | `{f}` |")
-        lines += ["", ":::", "", "Evaluation is timed on a few test images per recipe (`eval_n` in the record: 200 for the MLP models, 25 for the "
-                  "hierarchies) and scaled to 1000.", ""]
+            lines.append(f"| {c['chapter']} | `{name}` | {c['params'] / 1e6:.2f}M | {te:,.0f} | {tc:,.0f} ({tc / te:.2f}x) | {c['eval_k']:,} | {chunk} | "
+                         f"{ee:,.0f} s | {ec:,.0f} s ({ee / ec:.2f}x) | {c['peak_memory_mb'] / 1024:.2f} GB | {ids[f]} |")
+            compiles.append(f"`{name}` {c['train_compiled_first3_s']:.0f} s (training, incl. 3 steps) and {c['eval_compile_s']:.0f} s (evaluation)")
+        lines += ["", ":::", "", "Compile times: " + "; ".join(compiles) + ". Evaluation is timed on a few test images per recipe (`eval_n` in the "
+                  "record: 200 for the MLP models, 25 for the hierarchies) and scaled to 1000; training batches are the recipes' (128 for the "
+                  "MLP models and the VQ-VAE, 64 for the hierarchies). Compile times depend on torch's on-disk compile cache: a first compile on a "
+                  "fresh machine takes longer.", ""]
     lines += ["## Side by side with the seeds' own code", "",
               "Generated from the newest `benchmarks/results/seeds-*.json`, written by `python benchmarks/seeds.py` (see its docstring for how to "
               "check out the seed, which lvmkit does not ship). The seed's model is built from its own repository and trained with its own loss; "
