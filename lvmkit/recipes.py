@@ -154,7 +154,7 @@ LVAE_MNIST_CPU = register_experiment(Experiment(
     model="lvae", model_kwargs=dict(z_channels=(16,) * 6, downsample=(1, 0, 1, 0, 1, 0), **CPU_MODEL),
     train=TrainConfig(steps=15_000, batch_size=64, lr=1e-3, lr_schedule="cosine", lr_final=0.05, ema_decay=0.999, eval_every=500, log_every=100),
     objective=dict(free_bits=0.5, free_bits_mode="example"),
-    data=Data(train_split="train+valid", valid_split=None, protocol=LVAE_PROTOCOL, test_n=1000),
+    data=Data(train_split="train+valid", valid_split=None, protocol=LVAE_PROTOCOL),   # the whole test split (10 000 digits)
     evaluation=Evaluation(k=(1000, 100), batch_size=25, max_elements=8 * 25 * 784, compile=True, monitor_n=32),   # chunks of 8 samples x 25 digits, compiled: the fastest measured on a CPU (benchmarks/)
     quick=_QUICK,
     reference={"seed, 6 layers, IW-1000 (GPU, much larger model)": 78.52}), alias="lvae")
@@ -177,7 +177,8 @@ BIVA_MNIST_CPU = register_experiment(replace(LVAE_MNIST_CPU,
     description="CPU-sized BIVA: 3 stages, z_BU and z_TD of 16 channels at 8x8 and at 4x4, top z of 32 channels at 2x2 (2688 latent numbers, as "
                 "lvae-mnist-cpu), 32 channels, 1 gated res block per path and stage, skip, p(z_BU | z_TD, h), learned top prior, data-dependent init, "
                 "no dropout; Chapter 4's CPU recipe: Adam 1e-3 cosine to 5%, batch 64, free bits 0.5 per layer and example, EMA 0.999 (last EMA weights evaluated), 15000 steps",
-    model="biva", model_kwargs=BIVA_CPU_MODEL, reference={}), alias="biva")
+    model="biva", model_kwargs=BIVA_CPU_MODEL, reference={},
+    data=replace(LVAE_MNIST_CPU.data, test_n=1000)), alias="biva")   # its record (and its ablations') is on every tenth test image
 
 # The Ladder VAE's depth: six stages at its resolutions, each of its 16 latent channels split into z_BU and z_TD of 8
 BIVA_DEEP_CPU_MODEL = dict(z_channels=(8, 8, 8, 8, 8, 16), downsample=(1, 0, 1, 0, 1, 0), **CPU_MODEL)   # 8 x 2 x (64+64+16+16+4) + 16x2x2 = 2688
@@ -188,7 +189,7 @@ BIVA_MNIST_CPU_DEEP = register_experiment(replace(BIVA_MNIST_CPU,
                 "2688 latent numbers and the layout of lvae-mnist-cpu; 32 channels, 1 gated res block per path and stage, skip, p(z_BU | z_TD, h), learned top prior, "
                 f"data-dependent init, no dropout; Chapter 4's CPU recipe (Adam 1e-3 cosine to 5%, batch 64, free bits 0.5 per layer and example, EMA 0.999, last EMA "
                 f"weights evaluated) for {BIVA_DEEP_STEPS} steps, the training time of lvae-mnist-cpu's 15000 at the measured speeds",
-    model_kwargs=BIVA_DEEP_CPU_MODEL, train=replace(BIVA_MNIST_CPU.train, steps=BIVA_DEEP_STEPS)))
+    model_kwargs=BIVA_DEEP_CPU_MODEL, train=replace(BIVA_MNIST_CPU.train, steps=BIVA_DEEP_STEPS), data=LVAE_MNIST_CPU.data))   # the whole test split, as lvae-mnist-cpu
 
 def _ablation(name: str, what: str, model_kwargs: dict | None = None, objective: dict | None = None) -> Experiment:
     """A short-budget variant of biva-mnist-cpu (1500 steps, IW-100 on the same 1000 test images) that changes one thing. Its EMA decay is 0.99:
