@@ -31,8 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default: runs/NAME)")
     t.add_argument("--results-dir", help="also write the results record(s) here, e.g. book/results")
     t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: best available)")
-    t.add_argument("--max-time", type=float, help="stop after this many seconds of training, checkpointed; rerun to resume")
+    t.add_argument("--max-time", type=float, help="stop after this many seconds of training and evaluation, both saved; rerun to resume")
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run folder")
+    t.add_argument("--pretrained", action="store_true", help="do not train: download the experiment's released weights into the run folder, "
+                                                             "then evaluate and record them (also LVMKIT_PRETRAINED=1; see lvmkit.pretrained)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     e = sub.add_parser("eval", help="importance-weighted test log-likelihood of a checkpoint")
     e.add_argument("checkpoint", help="a .pt file written by lvmkit train, or pretrained:NAME for released weights (lvmkit.pretrained)")
@@ -50,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.add_argument("--no-ema", action="store_true", help="use the raw weights even if the checkpoint has EMA weights")
     e.add_argument("--seed", type=int, default=0, help="random seed of the importance samples (default 0: the same call gives the same number)")
+    e.add_argument("--state", help="save the progress to this file after every batch, and resume from it: a stopped evaluation continues where "
+                                   "it stopped and gives the number of an uninterrupted one")
+    e.add_argument("--max-time", type=float, help="stop after this many seconds of evaluation (needs --state); rerun to resume")
     e.add_argument("--no-progress", action="store_true")
     x = sub.add_parser("export", help="write an evaluated run as release weights: OUT/NAME.pt, listed in OUT/manifest.json (see RELEASING.md)")
     x.add_argument("run_dir", help="a run folder of lvmkit train, with its result.json")
@@ -101,10 +106,12 @@ def _train(a: argparse.Namespace) -> dict:
     init_distributed()   # under torchrun: join the process group, so fit trains data-parallel; a no-op otherwise
     return run_experiment(exp, quick_mode=True if a.quick else None, data_root=a.data, run_dir=a.out,
                           results_dir=a.results_dir, device=_device(a.device), progress=not a.no_progress,
-                          resume=not a.fresh, max_time_s=a.max_time)
+                          resume=not a.fresh, max_time_s=a.max_time, pretrained=True if a.pretrained else None)
 
 def _eval(a: argparse.Namespace) -> dict:
     for flag, v in [("--iw", a.iw), ("--n", a.n), ("--batch-size", a.batch_size), ("--max-elements", a.max_elements)]: _positive(flag, v)
+    _positive("--max-time", a.max_time)
+    if a.max_time is not None and not a.state: raise ValueError("--max-time needs --state FILE, where the evaluation saves how far it got")
     if a.checkpoint.startswith("pretrained:"):                               # released weights: downloaded once, verified, cached
         from lvmkit.pretrained import fetch
         path = fetch(a.checkpoint.split(":", 1)[1])
@@ -128,7 +135,8 @@ def _eval(a: argparse.Namespace) -> dict:
     max_bytes = _size(a.max_memory) if a.max_memory else None
     compile = recorded.get("compile", False) if a.compile is None else a.compile
     r = evaluate(model, data, k=a.iw, batch_size=batch_size, device=device, progress=not a.no_progress, max_elements=max_elements, max_bytes=max_bytes,
-                 compile=compile)
+                 compile=compile, state=a.state, max_time_s=a.max_time)
+    if not r["finished"]: r["stopped"] = f"IW-{a.iw} evaluation stopped by --max-time after {r['n']} of {len(data)} examples; saved in {a.state}: run the same command to resume"
     return dict(checkpoint=str(path), model=getattr(model, "spec", None), dataset=dataset, split=a.split,
                 batch_size=batch_size, max_elements=max_elements, max_bytes=max_bytes, compile=compile, seed=a.seed, **r)
 
@@ -188,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvmkit: error: {msg}", file=sys.stderr)
         return 2
     print(json.dumps(out, indent=1, default=str))
+    if out.get("stopped") or out.get("evaluation"):                                  # --max-time ran out while evaluating
+        print(f"lvmkit: {out.get('stopped') or out['evaluation']}", file=sys.stderr)
     if out.get("interrupted"):                                                          # SIGINT / SIGTERM: checkpointed, not finished
         print(f"lvmkit: stopped by {out['interrupted']} at step {out['steps']}; the checkpoint is saved: run the same command to resume",
               file=sys.stderr)

@@ -172,11 +172,15 @@ def _monitor(model: nn.Module, exp: Experiment, data: Dataset, device: torch.dev
 
 def _evaluate_and_record(model: nn.Module, exp: Experiment, name: str, test: Dataset, ks: tuple[int, ...], quick_mode: bool,
                          device: torch.device, progress: bool, run_dir: Path, steps: int, train_time_s: float, examples_per_s: float,
-                         config: dict) -> tuple[dict, list[ResultRecord]]:
-    "Evaluate `model` on `test` for each K in `ks` and make one results record per K (named `name`, then `name-iwK`)."
-    ev = exp.evaluation
-    evals = {k: evaluate(model, test, k=k, batch_size=ev.batch_size, device=device, progress=progress, max_elements=ev.max_elements,
-                         compile=ev.compile) for k in ks}
+                         config: dict, max_time_s: float | None = None) -> tuple[dict, list[ResultRecord] | None]:
+    """Evaluate `model` on `test` for each K in `ks` and make one results record per K (named `name`, then `name-iwK`).
+    Each evaluation saves its progress in run_dir/eval-NAME-iwK.json and resumes from it; stopped by `max_time_s`, it returns no records."""
+    ev, evals, t0 = exp.evaluation, {}, time.monotonic()
+    for k in ks:
+        left = None if max_time_s is None else max(0.0, max_time_s - (time.monotonic() - t0))
+        evals[k] = evaluate(model, test, k=k, batch_size=ev.batch_size, device=device, progress=progress, max_elements=ev.max_elements,
+                            compile=ev.compile, state=run_dir / f"eval-{name}-iw{k}.json", max_time_s=left)
+        if not evals[k]["finished"]: return evals, None
     suffix = (" (quick: {n} evenly spread test examples)" if quick_mode else " ({n} evenly spread test examples)" if exp.data.test_n is not None else "")
     records = [ResultRecord.from_run(
         run_device=device, name=name if i == 0 else f"{name}-iw{k}", model=config.get("model", exp.model), dataset=exp.data.dataset,
@@ -220,46 +224,66 @@ def _check_same_run(run_dir: Path, exp: Experiment) -> None:
         raise ValueError(f"{run_dir} holds a run of {old.get('name')!r} that differs from {exp.name!r} in {'; '.join(diff)[:600]}. "
                          "Resuming would mix the two: use another run folder, or start fresh (resume=False; lvmkit train --fresh)")
 
+def _stopped_evaluating(summary: dict, evals: dict, n: int) -> dict:
+    "The summary of a run whose evaluation `max_time_s` stopped: trained, evaluated in part (saved), not finished."
+    k, r = list(evals.items())[-1]
+    summary.update(finished=False, evaluation=f"IW-{k} evaluation stopped by max_time_s after {r['n']} of {n} test examples; saved in the run folder: run again to resume")
+    return summary
+
 def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: str | Path | None = None,
                    run_dir: str | Path | None = None, results_dir: str | Path | None = None,
                    device: torch.device | str | None = None, progress: bool = True, resume: bool = True,
-                   max_time_s: float | None = None) -> dict[str, Any]:
-    "Train, evaluate and record `exp` (and its prior stage, if any); returns a summary dict (`finished=False` if stopped by `max_time_s`)."
+                   max_time_s: float | None = None, pretrained: bool | None = None) -> dict[str, Any]:
+    """Train, evaluate and record `exp` (and its prior stage, if any); returns a summary dict (`finished=False` if stopped by `max_time_s`).
+    With `pretrained` (default: `LVMKIT_PRETRAINED`) the training is replaced by the experiment's released weights (`lvmkit.pretrained.install_run`)."""
+    from lvmkit.pretrained import install_run, pretrained_mode
     t_start = time.monotonic()
     quick_mode = quick() if quick_mode is None else quick_mode
+    pretrained = pretrained_mode() if pretrained is None else pretrained
+    release = exp.name                                                   # the released weights are the full run's, in quick mode too
     if quick_mode: exp = exp.as_quick()
     if exp.loss not in OBJECTIVES: raise ValueError(f"unknown loss {exp.loss!r}; registered: {sorted(OBJECTIVES)}")
     device = torch.device(device) if device is not None else default_device()
     run_dir = _check_folder("run folder", run_dir if run_dir is not None else Path("runs") / exp.name)
     if results_dir is not None: results_dir = _check_folder("results folder", results_dir)
-    if resume: _check_same_run(run_dir, exp)
+    if not pretrained and (run_dir / "pretrained.json").is_file():
+        raise ValueError(f"{run_dir} holds downloaded pretrained weights, not a training run: train in another run folder (or set pretrained=True)")
+    if resume and not pretrained: _check_same_run(run_dir, exp)
     seed_everything(exp.train.seed)
     train, valid, test = _splits(exp, quick_mode, data_root)
     model = build_model(exp.model, **exp.model_kwargs)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "experiment.json", json.dumps(asdict(exp), indent=1, default=str) + "\n")
-    res = fit(model, train, valid, exp.train, loss_fn=OBJECTIVES[exp.loss](**exp.objective), run_dir=run_dir,
-              resume=resume, device=device, progress=progress, max_time_s=max_time_s,
-              monitor=_monitor(model, exp, valid if valid is not None else train, device))
+    if pretrained: res = install_run(release, run_dir)                   # the released weights and their training log, as a finished run
+    else: res = fit(model, train, valid, exp.train, loss_fn=OBJECTIVES[exp.loss](**exp.objective), run_dir=run_dir,
+                    resume=resume, device=device, progress=progress, max_time_s=max_time_s,
+                    monitor=_monitor(model, exp, valid if valid is not None else train, device))
     summary: dict[str, Any] = dict(name=exp.name, finished=res.finished, steps=res.steps, run_dir=str(run_dir),
                                    train_wall_time_s=res.total_time_s, train_examples_per_s=res.total_examples_per_s,
                                    stopped_early=res.stopped_early, best_step=res.best_step, interrupted=res.interrupted)
+    if pretrained: summary["pretrained"] = json.loads((run_dir / "pretrained.json").read_text())
     if not res.finished: return summary
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0: return summary  # rank 0 evaluates and writes
     ckpt = run_dir / ("best.pt" if valid is not None and (run_dir / "best.pt").exists() else "last.pt")
     model = load_model(ckpt).to(device)
     config = dict(model_kwargs=exp.model_kwargs, train=asdict(exp.train), objective=exp.objective, checkpoint=ckpt.name, best_step=res.best_step)
+    left = lambda: None if max_time_s is None else max(0.0, max_time_s - (time.monotonic() - t_start))
     evals, records = _evaluate_and_record(model, exp, exp.name, test, exp.evaluation.k, quick_mode, device, progress, run_dir,
-                                          res.steps, res.total_time_s, res.total_examples_per_s, config)
+                                          res.steps, res.total_time_s, res.total_examples_per_s, config, max_time_s=left())
+    if records is None: return _stopped_evaluating(summary, evals, len(test))
     head = evals[exp.evaluation.k[0]]
     save_samples(model, run_dir / "samples.png", noise=exp.evaluation.sample_noise)
     summary.update(checkpoint=str(ckpt), test_elbo=head["elbo"], **{f"test_nll_iw{k}": r["nll"] for k, r in evals.items()},
                    eval_time_s={k: r["seconds"] for k, r in evals.items()}, test_n=head["n"])
     if exp.prior is not None:                                                            # stage 2: the prior, then the whole model
-        left = None if max_time_s is None else max(1.0, max_time_s - (time.monotonic() - t_start))
         stage = exp.prior
         prior_train = _subset(train, exp.quick.prior_n) if quick_mode else train
-        pres = fit_prior(model, stage, prior_train, run_dir / f"prior-{stage.name}", device=device, progress=progress, resume=resume, max_time_s=left)
+        if pretrained:                                                   # the whole model (with its prior) as released; its record counts both stages
+            pres = install_run(f"{release}-{stage.name}", run_dir)
+            pres.steps, pres.total_time_s = pres.steps - res.steps, pres.total_time_s - res.total_time_s
+            model = load_model(run_dir / "final.pt").to(device)
+        else: pres = fit_prior(model, stage, prior_train, run_dir / f"prior-{stage.name}", device=device, progress=progress, resume=resume,
+                               max_time_s=None if max_time_s is None else max(1.0, left()))
         summary.update(prior_finished=pres.finished, prior_steps=pres.steps)
         if not pres.finished: summary["finished"] = False; return summary
         final = save_checkpoint(run_dir / "final.pt", model=model.state_dict(), spec=model.spec)   # restores with its prior: load_model(final)
@@ -268,7 +292,8 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
                        prior_train=asdict(stage.train))
         per_s = (res.steps * exp.train.batch_size + pres.steps * stage.train.batch_size) / max(t_train, 1e-9)   # images, then code grids
         pevals, precords = _evaluate_and_record(model, exp, f"{exp.name}-{stage.name}", test, exp.evaluation.k[:1], quick_mode, device,
-                                                progress, run_dir, steps, t_train, per_s, pconfig)
+                                                progress, run_dir, steps, t_train, per_s, pconfig, max_time_s=left())
+        if precords is None: return _stopped_evaluating(summary, pevals, len(test))
         records += precords
         r = pevals[exp.evaluation.k[0]]
         save_samples(model, run_dir / f"samples-{stage.name}.png", noise=exp.evaluation.sample_noise)

@@ -4,18 +4,20 @@
 
 # %% ../nbs/03_objectives.ipynb #8946fe4e
 from __future__ import annotations
-import math, time, warnings
-from dataclasses import dataclass, field
+import base64, hashlib, json, math, time, warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 import torch
 from torch import nn, Tensor
 from torch.distributions import Independent, MultivariateNormal, Normal
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from .core import atomic_write
 from .protocol import ELBOTerms, LatentVariableModule
 
 # %% auto #0
 __all__ = ['kl_warmup', 'free_bits_kl', 'elbo_loss', 'elbo_objective', 'activation_bytes', 'log_weights_fn', 'iw_log_likelihood',
-           'bits_per_dim', 'LinearGaussian', 'evaluate']
+           'bits_per_dim', 'LinearGaussian', 'EvalProgress', 'evaluate']
 
 # %% ../nbs/03_objectives.ipynb #7ff0639a
 def kl_warmup(step: int, warmup_steps: int, beta: float = 1.0) -> float:
@@ -189,6 +191,64 @@ class LinearGaussian(LatentVariableModule):
     def sample(self, n: int) -> Tensor:
         return self.decoder(self.prior().sample((n,))).sample()
 
+# %% ../nbs/03_objectives.ipynb #bcba54d2
+def _digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
+    "SHA-256 of named tensors (names, dtypes, shapes and bytes): a fingerprint of a model's weights or of a dataset."
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def _rng_state(device: torch.device) -> dict:
+    s = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if device.type == "cuda": s["cuda"] = base64.b64encode(torch.cuda.get_rng_state(device).numpy().tobytes()).decode()
+    return s
+
+def _set_rng_state(s: dict, device: torch.device) -> None:
+    as_tensor = lambda b: torch.frombuffer(bytearray(base64.b64decode(b)), dtype=torch.uint8)
+    torch.set_rng_state(as_tensor(s["cpu"]))
+    if device.type == "cuda" and "cuda" in s: torch.cuda.set_rng_state(as_tensor(s["cuda"]), device)
+
+@dataclass
+class EvalProgress:
+    """The running sums of an evaluation, saved after every batch when `evaluate` gets a `state` file, with the random number generator's state.
+    A later call with the same model weights, data and settings skips the saved batches and restores the generator, so a resumed evaluation
+    gives the same numbers as one that was never stopped; a state written for anything else is ignored (with a warning) and replaced."""
+    batches: int = 0; n: int = 0; sum_ll: float = 0.0; sum_elbo: float = 0.0; dims: int = 0; seconds: float = 0.0
+    finished: bool = False
+    fingerprint: dict = field(default_factory=dict, repr=False)
+
+    def add(self, n: int, sum_ll: float, sum_elbo: float, dims: int, seconds: float) -> None:
+        self.batches += 1; self.n += n; self.sum_ll += sum_ll; self.sum_elbo += sum_elbo; self.dims = dims; self.seconds += seconds
+
+    @staticmethod
+    def fingerprint_of(model: nn.Module, data: Dataset | Tensor, settings: dict, device: torch.device) -> dict:
+        "What an evaluation's numbers depend on besides the random draws: the settings, the device type, the weights and the data (as digests)."
+        x = _digest((str(i), x) for i, x in enumerate(_batches(data, settings["batch_size"], torch.device("cpu"))))
+        return {**settings, "device": device.type, "model": type(model).__name__, "weights": _digest(model.state_dict().items()), "data": x}
+
+    @classmethod
+    def resume(cls, path: str | Path, model: nn.Module, data: Dataset | Tensor, settings: dict, device: torch.device) -> "EvalProgress":
+        "The progress saved in `path` if it was written for this evaluation (and the generator set as it was), else a fresh start."
+        fp, path = cls.fingerprint_of(model, data, settings, device), Path(path)
+        if not path.is_file(): return cls(fingerprint=fp)
+        try:
+            saved = json.loads(path.read_text()); old, rng = dict(saved["fingerprint"]), saved["rng"]
+            p = cls(**{key: v for key, v in saved.items() if key not in ("fingerprint", "rng")}, fingerprint=fp)
+            if not isinstance(rng, dict) or "cpu" not in rng: raise ValueError("no generator state")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            warnings.warn(f"{path} is not an lvmkit evaluation state (damaged?): starting the evaluation afresh", RuntimeWarning); return cls(fingerprint=fp)
+        if old != fp:
+            diff = [key for key in fp if old.get(key) != fp[key]]
+            warnings.warn(f"{path} was written for another evaluation (it differs in {', '.join(diff)}): starting afresh", RuntimeWarning)
+            return cls(fingerprint=fp)
+        _set_rng_state(rng, device)
+        return p
+
+    def save(self, path: str | Path, device: torch.device) -> None:
+        atomic_write(path, json.dumps({**asdict(self), "rng": _rng_state(device)}) + "\n")
+
 # %% ../nbs/03_objectives.ipynb #1dc5f3f4
 def _batches(data: Dataset | Tensor, batch_size: int, device: torch.device) -> Iterable[Tensor]:
     if isinstance(data, Tensor): data = TensorDataset(data)
@@ -202,23 +262,35 @@ def _batches(data: Dataset | Tensor, batch_size: int, device: torch.device) -> I
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset | Tensor, k: int = 1000, batch_size: int = 500,
              device: torch.device | str | None = None, progress: bool = True, max_elements: int = 2**25, max_bytes: int | None = None,
-             compile: bool = False) -> dict:
+             compile: bool = False, state: str | Path | None = None, max_time_s: float | None = None) -> dict:
     """Test ELBO and importance-weighted NLL (nats and bits/dim) of `model` on `data` with `k` samples.
-    `compile=True` compiles the model's `log_weights` with torch.compile (see `iw_log_likelihood`): worth it when the evaluation takes minutes."""
+    `compile=True` compiles the model's `log_weights` with torch.compile (see `iw_log_likelihood`): worth it when the evaluation takes minutes.
+    With a `state` file the evaluation can stop and resume (see `EvalProgress`); `max_time_s` stops it after the batch that passes that many
+    seconds, and the result then says `finished=False` and holds no estimate."""
     from tqdm.auto import tqdm
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    settings = dict(k=k, batch_size=batch_size, max_elements=max_elements, max_bytes=max_bytes, compile=compile)
+    p = EvalProgress.resume(state, model, data, settings, device) if state is not None else EvalProgress()
     was_training = model.training; model.eval()
-    n, sum_ll, sum_elbo, dims, t0 = 0, 0.0, 0.0, None, time.perf_counter()
+    t0, done_here = time.perf_counter(), 0
     try:
         total = len(data) if hasattr(data, "__len__") else None
-        bar = tqdm(total=total, desc=f"IW-{k} eval", unit="ex", disable=not progress, leave=False)
-        for x in _batches(data, batch_size, device):
+        bar = tqdm(total=total, initial=p.n, desc=f"IW-{k} eval", unit="ex", disable=not progress or p.finished, leave=False)
+        for b, x in enumerate(_batches(data, batch_size, device) if not p.finished else ()):
+            if b < p.batches: continue                                 # done before an interruption
+            if max_time_s is not None and done_here and time.perf_counter() - t0 >= max_time_s: break
+            t = time.perf_counter()
             ll, elbo = iw_log_likelihood(model, x, k=k, max_elements=max_elements, max_bytes=max_bytes, compile=compile)
-            n += len(x); sum_ll += ll.double().sum().item(); sum_elbo += elbo.double().sum().item()
-            dims = x[0].numel(); bar.update(len(x))
+            p.add(len(x), ll.double().sum().item(), elbo.double().sum().item(), x[0].numel(), time.perf_counter() - t)
+            if state is not None: p.save(state, device)
+            done_here += 1; bar.update(len(x))
+        else:
+            if not p.finished and p.n == 0: raise ValueError("evaluate got an empty dataset")
+            p.finished = True
+            if state is not None: p.save(state, device)
         bar.close()
     finally:
         model.train(was_training)
-    if n == 0: raise ValueError("evaluate got an empty dataset")
-    nll = -sum_ll / n
-    return {"k": k, "n": n, "elbo": sum_elbo / n, "nll": nll, "bpd": bits_per_dim(nll, dims), "seconds": time.perf_counter() - t0}
+    if not p.finished: return {"k": k, "n": p.n, "finished": False, "seconds": p.seconds}
+    nll = -p.sum_ll / p.n
+    return {"k": k, "n": p.n, "elbo": p.sum_elbo / p.n, "nll": nll, "bpd": bits_per_dim(nll, p.dims), "seconds": p.seconds, "finished": True}

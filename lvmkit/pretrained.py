@@ -10,10 +10,11 @@ from torch import nn
 from . import PRETRAINED_URL, __version__
 from .checkpoint import ema_weights, load_checkpoint, load_model, save_checkpoint
 from .core import atomic_write
+from .training import TrainResult
 from .data import cache_dir
 
 # %% auto #0
-__all__ = ['sha256sum', 'export_pretrained', 'pretrained_dir', 'fetch', 'load', 'records']
+__all__ = ['sha256sum', 'export_pretrained', 'pretrained_dir', 'fetch', 'load', 'records', 'pretrained_mode', 'install_run']
 
 # %% ../nbs/09b_pretrained.ipynb #a85636d3
 def sha256sum(path: str | Path, chunk: int = 2**20) -> str:
@@ -30,7 +31,8 @@ def _read_manifest(path: Path) -> dict:
     return m
 
 def export_pretrained(run_dir: str | Path, out_dir: str | Path, name: str | None = None, checkpoint: str = "last.pt") -> dict:
-    "Write the run in `run_dir` as `out_dir/NAME.pt` (spec, EMA weights or weights, recipe, records) and list it in `out_dir/manifest.json`."
+    """Write the run in `run_dir` as `out_dir/NAME.pt` (spec, EMA weights or weights, recipe, records, training log and the checkpoint's name)
+    and list it in `out_dir/manifest.json`."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     name = name or run_dir.name
     ckpt = load_checkpoint(run_dir / checkpoint)
@@ -40,10 +42,12 @@ def export_pretrained(run_dir: str | Path, out_dir: str | Path, name: str | None
     records = json.loads(results.read_text())
     experiment = json.loads((run_dir / "experiment.json").read_text()) if (run_dir / "experiment.json").is_file() else {}
     ema = ema_weights(ckpt)
+    log = run_dir / "metrics.jsonl"                                   # the training curves, for the figures of a chapter run from these weights
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(out_dir / f"{name}.pt", spec=ckpt["spec"], model=ema if ema is not None else ckpt["model"],
-                           weights="ema" if ema is not None else "raw", experiment=experiment, records=records)
-    entry = dict(file=path.name, sha256=sha256sum(path), bytes=path.stat().st_size, model=ckpt["spec"]["name"],
+                           weights="ema" if ema is not None else "raw", experiment=experiment, records=records,
+                           run_checkpoint=checkpoint, metrics=log.read_text() if log.is_file() else None)
+    entry = dict(file=path.name, sha256=sha256sum(path), bytes=path.stat().st_size, model=ckpt["spec"]["name"], checkpoint=checkpoint,
                  records=[{k: r.get(k) for k in ("name", "metric", "value", "k", "test_n", "mode", "commit")} for r in records])
     mpath = out_dir / "manifest.json"
     manifest = _read_manifest(mpath) if mpath.is_file() else {"lvmkit_version": __version__, "weights": {}}
@@ -104,3 +108,30 @@ def load(name: str, base_url: str | None = None, cache: str | Path | None = None
 def records(name: str, base_url: str | None = None, cache: str | Path | None = None) -> list[dict]:
     "The results records that were exported with the pretrained weights `name`: what the book printed for them."
     return load_checkpoint(fetch(name, base_url, cache))["records"]
+
+# %% ../nbs/09b_pretrained.ipynb #732a3d06
+def pretrained_mode() -> bool:
+    "True when `LVMKIT_PRETRAINED` asks chapters and `run_experiment` to use released weights instead of training (1, true, yes, on)."
+    return os.environ.get("LVMKIT_PRETRAINED", "").strip().lower() in {"1", "true", "yes", "on"}
+
+def install_run(name: str, run_dir: str | Path, base_url: str | None = None, cache: str | Path | None = None) -> TrainResult:
+    """Lay out the released weights `name` as a finished run in `run_dir` (checkpoint, metrics.jsonl, pretrained.json), and return the
+    TrainResult of the training that made them, from their records (steps, training time, examples per second)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "last.pt").is_file() and not (run_dir / "pretrained.json").is_file():
+        raise ValueError(f"{run_dir} holds a training run (last.pt); downloaded weights would replace it: choose another run folder for pretrained weights")
+    path = fetch(name, base_url, cache)
+    ck = load_checkpoint(path)
+    recs = ck.get("records") or []
+    if not recs: raise ValueError(f"the pretrained weights {name!r} carry no results record: they were not exported by export_pretrained")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / ck.get("run_checkpoint", "last.pt")
+    shutil.copyfile(path, target)
+    if ck.get("metrics"): atomic_write(run_dir / "metrics.jsonl", ck["metrics"])
+    atomic_write(run_dir / "pretrained.json", json.dumps(dict(name=name, url=f"{_base_url(base_url)}/{path.name}", sha256=sha256sum(path),
+                                                              checkpoint=target.name), indent=1) + "\n")
+    r = next((r for r in recs if r.get("name") == name), recs[0])          # a two-stage run's file holds both stages' records
+    best = (r.get("config") or {}).get("best_step")
+    return TrainResult(steps=r.get("steps") or 0, finished=True, stopped_early=False, best_step=best, best_valid=None, wall_time_s=0.0,
+                       examples_per_s=0.0, skipped_steps=0, total_time_s=r.get("wall_time_s") or 0.0,
+                       total_examples_per_s=r.get("train_examples_per_s") or 0.0, run_dir=run_dir)

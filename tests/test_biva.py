@@ -9,7 +9,8 @@ from lvmkit.testing import check_model
 from lvmkit.models.biva import BIVA, BivaUp, BivaDown
 from lvmkit.models.lvae import LadderVAE, active_units, layer_grid
 from lvmkit.models.vae import VAE
-from lvmkit.recipes import BIVA_MNIST_CPU, BIVA_ABLATIONS, BIVA_MNIST, BIVA_CIFAR10, LVAE_MNIST_CPU
+from dataclasses import replace
+from lvmkit.recipes import BIVA_MNIST_CPU, BIVA_MNIST_CPU_DEEP, BIVA_DEEP_STEPS, BIVA_ABLATIONS, BIVA_MNIST, BIVA_CIFAR10, LVAE_MNIST_CPU
 
 TINY = dict(z_channels=(4, 4, 6), downsample=(1, 0, 1), channels=8, blocks=1)
 
@@ -182,7 +183,9 @@ def test_recipes_build_and_match_the_comparison():
     lv = build_model(LVAE_MNIST_CPU.model, **LVAE_MNIST_CPU.model_kwargs)
     n_latent = lambda m: sum(z[0].numel() for z in m.eval().elbo_terms(binary(1)).z)
     assert n_latent(cpu) == n_latent(lv) == 2688                                   # the same latent budget
-    assert BIVA_MNIST_CPU.train == LVAE_MNIST_CPU.train and BIVA_MNIST_CPU.data == LVAE_MNIST_CPU.data
+    assert BIVA_MNIST_CPU.train == LVAE_MNIST_CPU.train and replace(BIVA_MNIST_CPU.data, test_n=None) == LVAE_MNIST_CPU.data
+    assert BIVA_MNIST_CPU.data.test_n == 1000 and LVAE_MNIST_CPU.data.test_n is None           # its record: every tenth test image
+    assert BIVA_MNIST_CPU_DEEP.data == LVAE_MNIST_CPU.data and BIVA_MNIST_CPU_DEEP.train.steps == BIVA_DEEP_STEPS   # the comparison: all 10k
     assert BIVA_MNIST_CPU.data.valid_split is None                                 # no selection: the last EMA weights
     for e in BIVA_ABLATIONS: assert e.train.steps == 1_500 and e.data.test_n == BIVA_MNIST_CPU.data.test_n
     assert BIVA_MNIST.train.optimizer == "adamax" and BIVA_MNIST.train.ema_decay == 0.9995

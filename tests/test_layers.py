@@ -20,9 +20,10 @@ FLOORS = {
     "models": 7,
     "checkpoint": 8,
     "results": 9, "training": 9,
-    "experiments": 10, "pretrained": 10,
-    "recipes": 11, "assign": 11,
-    "cli": 12,
+    "pretrained": 10,
+    "experiments": 11,
+    "recipes": 12, "assign": 12,
+    "cli": 13,
 }
 UPPER = {"lvmkit.checkpoint", "lvmkit.training", "lvmkit.results", "lvmkit.experiments", "lvmkit.recipes", "lvmkit.cli"}
 

@@ -119,3 +119,44 @@ def test_cli_eval_and_export(release, tmp_path, monkeypatch, capsys):
     assert main(["eval", "pretrained:nope", "--iw", "2"]) == 2 and "no pretrained weights called 'nope'" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "runs" / "tiny"), "--out", str(tmp_path / "rel2"), "--name", "t2"]) == 0
     assert json.loads(capsys.readouterr().out)["file"] == "t2.pt" and (tmp_path / "rel2" / "manifest.json").is_file()
+
+
+def _tiny_experiment():
+    from dataclasses import replace
+    import lvmkit.recipes  # noqa: F401  (registers vae-mlp)
+    from lvmkit.experiments import get_experiment
+    exp = get_experiment("vae-mlp")
+    return replace(exp, name="tiny-exp", model_kwargs=dict(z_dim=3, hidden=(16,)), data=replace(exp.data, test_n=40),
+                   evaluation=replace(exp.evaluation, k=(8,), batch_size=20, compile=False),
+                   train=replace(exp.train, steps=20, eval_every=10, log_every=5))
+
+def test_a_chapter_run_from_released_weights_does_not_train(tmp_path, monkeypatch, capsys):
+    "run_experiment(pretrained=True) / lvmkit train --pretrained: the released weights and log laid out as the run folder, evaluated and recorded."
+    import lvmkit.experiments as E
+    from lvmkit.checkpoint import load_model
+    exp = _tiny_experiment()
+    trained = E.run_experiment(exp, quick_mode=False, run_dir=tmp_path / "trained", progress=False, device="cpu")
+    export_pretrained(tmp_path / "trained", tmp_path / "release", name="tiny-exp", checkpoint="best.pt")
+    srv = Server(tmp_path / "release")
+    monkeypatch.setenv("LVMKIT_PRETRAINED_URL", srv.url); monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path / "cache"))
+    def no_training(*a, **k): raise AssertionError("pretrained mode trained")
+    monkeypatch.setattr(E, "fit", no_training)
+    try:
+        s = E.run_experiment(exp, quick_mode=False, run_dir=tmp_path / "pre", results_dir=tmp_path / "res", progress=False, device="cpu", pretrained=True)
+        monkeypatch.setenv("LVMKIT_PRETRAINED", "1")                                     # the chapters' switch, and the CLI's flag
+        monkeypatch.setitem(E.EXPERIMENTS, "tiny-exp", exp)
+        from lvmkit.cli import main
+        assert main(["train", "tiny-exp", "--out", str(tmp_path / "cli"), "--no-progress", "--device", "cpu", "--pretrained"]) == 0
+        assert json.loads(capsys.readouterr().out)["pretrained"]["name"] == "tiny-exp"
+    finally: srv.stop()
+    assert s["finished"] and s["steps"] == trained["steps"] == 20 and s["pretrained"]["sha256"] == sha256sum(tmp_path / "release" / "tiny-exp.pt")
+    assert (tmp_path / "pre" / "metrics.jsonl").read_text() == (tmp_path / "trained" / "metrics.jsonl").read_text()   # the training curves
+    a, b = load_model(tmp_path / "trained" / "best.pt"), load_model(tmp_path / "pre" / "best.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    rec = json.loads((tmp_path / "res" / "tiny-exp.json").read_text())
+    assert rec["test_n"] == 40 and rec["steps"] == 20 and abs(rec["value"] - trained["test_nll_iw8"]) < 0.05 * abs(rec["value"])   # evaluated here
+    with pytest.raises(ValueError, match="downloaded pretrained weights"):                 # never resumed as a training run
+        E.run_experiment(exp, quick_mode=False, run_dir=tmp_path / "pre", progress=False, device="cpu", pretrained=False)
+    from lvmkit.pretrained import install_run
+    with pytest.raises(ValueError, match="holds a training run"):                           # never written over a training run
+        install_run("tiny-exp", tmp_path / "trained")
