@@ -1,36 +1,99 @@
-"""Side by side with a seed's own code: the training step of the seed's model, built from the seed's repository, against lvmkit's
-reimplementation of the same configuration, on this machine, same batch, same optimiser, same thread count, each in a fresh process.
+"""Side by side with the seeds' own code: the training step of a seed's model, built from the seed's repository, against lvmkit's
+reimplementation of the same configuration, on this machine, same batch, same thread count, each in a fresh process. The seeds are not
+part of lvmkit: check out the ones the cases you run need (CASES names them).
 
-    git clone https://github.com/addtt/ladder-vae-pytorch /tmp/ladder-vae-pytorch     # the seed (not part of lvmkit)
-    git clone https://github.com/addtt/boiler-pytorch /tmp/boiler-pytorch              # its framework (boilr)
-    python benchmarks/seeds.py --lvae-src /tmp/ladder-vae-pytorch --boilr-src /tmp/boiler-pytorch
+    git clone https://github.com/addtt/ladder-vae-pytorch /tmp/ladder-vae-pytorch              # lvae-12
+    git clone https://github.com/addtt/boiler-pytorch /tmp/boiler-pytorch                       # lvae-12: the seed's framework (boilr)
+    git clone https://github.com/altosaar/variational-autoencoder /tmp/variational-autoencoder  # vae-meanfield, iaf
+    git clone https://github.com/henrhoi/vae-pytorch /tmp/vae-pytorch                            # vqvae, pixelcnn
+    python benchmarks/seeds.py --lvae-src /tmp/ladder-vae-pytorch --boilr-src /tmp/boiler-pytorch \\
+        --altosaar-src /tmp/variational-autoencoder --henrhoi-src /tmp/vae-pytorch                # every case; --cases to choose
 
-A step is what each project's training loop does per batch: the seed's `forward_pass` (model(x), the loss with its free bits and the
-L2 norm it logs) then backward and Adamax; lvmkit's recipe objective through `LossModule`, then backward and Adamax, eager and with
-`TrainConfig(compile=True)` (torch.compile; its compile time is reported separately and excluded from the rate). Data loading is
-excluded on both sides: one fixed batch of real binarized MNIST. Nothing else should run on the machine. Writes
-benchmarks/results/seeds-<date>-<commit>.json, which `python benchmarks/bench.py --page` shows on the Performance page. Not part of CI.
+A step is what each project's training loop does per batch. The seed's: its own model, loss and optimiser, as its script trains them
+(lvae-12: `forward_pass`, i.e. model(x), the loss with its free bits and the L2 norm it logs, then backward and Adamax; vae-meanfield and
+iaf: the loop of train_variational_autoencoder_pytorch.py, a one-sample ELBO summed over the batch, then backward and its centred RMSprop;
+vqvae and pixelcnn: the `train` loop of vq_vae.py and of vq_vae_gated_pixelcnn_prior.py, its loss, backward, Adam and the `loss.item()`
+it records). lvmkit's: the recipe's objective through `LossModule` (stage 2: minus log p(codes), as `fit_prior` trains it), backward and
+the recipe's optimiser, eager and with `TrainConfig(compile=True)` (torch.compile; its compile time is reported separately and excluded
+from the rate). Data loading is excluded on both sides: one fixed batch of real data (binarized MNIST, or CIFAR-10 with each side's own
+preprocessing of it done once beforehand, as each loads its data: henrhoi's dequantized logits, lvmkit's 8-bit pixels, lvmkit's codes for
+its prior). henrhoi's code calls .cuda(): in its process that is made a no-op, so that it runs on the CPU, unchanged. The JSON record
+gives each side's parameter count, batch and optimiser, and each case's description says where the configurations differ. Nothing else
+should run on the machine. Writes benchmarks/results/seeds-<date>-<commit>.json (or --out), which `python benchmarks/bench.py --page`
+shows on the Performance page. Not part of CI.
 """
 from __future__ import annotations
-import argparse, json, platform, subprocess, sys, time
+import argparse, importlib.util, json, os, platform, subprocess, sys, time, types
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-# name -> (the seed's README MNIST configuration, lvmkit's recipe of it)
+SIDES = ("seed", "eager", "compiled")
+# the seeds' checkouts: option -> (repository, placeholder in the recorded command)
+SOURCES = {"lvae_src": ("addtt/ladder-vae-pytorch", "LADDER_VAE"), "boilr_src": ("addtt/boiler-pytorch", "BOILR"),
+           "altosaar_src": ("altosaar/variational-autoencoder", "ALTOSAAR_VAE"), "henrhoi_src": ("henrhoi/vae-pytorch", "HENRHOI_VAE")}
+# the seed's README MNIST configuration of lvae-12
 LVAE_SEED = dict(z_dims=[32] * 12, blocks_per_layer=4, downsample=[0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0], nonlin="elu", merge_type="residual",
                  batchnorm=True, stochastic_skip=True, n_filters=64, dropout=0.2, res_block_type="bacdbacd", free_bits=1.0, learn_top_prior=True,
                  img_shape=(28, 28), likelihood_form="bernoulli", gated=True)
-CASES = {"lvae-12": ("addtt/ladder-vae-pytorch, README MNIST command (12 layers x 32, 4 gated blocks, 64 filters, skip, dropout 0.2, free bits 1.0)",
-                     "lvae-mnist-12")}
+ALTOSAAR = dict(latent_size=128, data_size=784)              # its config: latent_size 128, data_size 784 (hidden = 2 x latent), batch 128
 
 
-def _batch(n: int):
+class Case(NamedTuple):
+    what: str                   # the seed's configuration, and where lvmkit's differs
+    recipe: str                 # lvmkit's recipe of it
+    sources: tuple[str, ...]    # options (SOURCES) naming the seed's checkouts; the first is the seed
+    prior: bool = False         # time the recipe's stage 2 (its prior over the codes) instead of stage 1
+
+
+CASES = {
+    "lvae-12": Case("addtt/ladder-vae-pytorch, README MNIST command (12 layers x 32, 4 gated blocks, 64 filters, skip, dropout 0.2, free bits 1.0)",
+                    "lvae-mnist-12", ("lvae_src", "boilr_src")),
+    "vae-meanfield": Case("altosaar/variational-autoencoder, train_variational_autoencoder_pytorch.py with variational: mean-field (latent 128, "
+                          "ReLU MLPs 784-256-256-256 and 128-256-256-784, Bernoulli decoder, one-sample ELBO summed over a batch of 128 binarized "
+                          "MNIST images, RMSprop lr 1e-3). The seed's RMSprop is centred (centered=True, since its commit aeee4f9, after its "
+                          "README's mean-field run); lvmkit's recipe uses torch's RMSprop uncentred (TrainConfig has no such option)",
+                          "vae-seed-meanfield", ("altosaar_src",)),
+    "iaf": Case("altosaar/variational-autoencoder, train_variational_autoencoder_pytorch.py with its default variational: flow (flow_depth 2: "
+                "two LSTM-type IAF blocks, each a MADE 128-256-256-256 with context 128, reversed between blocks; the encoder MLP outputs loc, "
+                "scale and context; otherwise as vae-meanfield, centred RMSprop lr 1e-3, batch 128). lvmkit's recipe: uncentred RMSprop, and its MADE "
+                "also feeds the context to its output layer and holds the gate's initial bias in the output bias instead of a separate "
+                "parameter: 32,640 more parameters per block",
+                "iaf-seed", ("altosaar_src",)),
+    "vqvae": Case("henrhoi/vae-pytorch, vq_vae.py stage 1 on CIFAR-10 (VQVAE(K=128, D=256): conv encoder and decoder of 256 channels with "
+                  "batch norm, MSE on dequantized logit pixels + codebook + commitment loss, Adam 1e-3, batch 128; its count excludes the "
+                  "PixelCNN prior it builds but does not train in this stage). lvmkit's vqvae-cifar10 keeps K, D, the 256 channels, beta 1, "
+                  "the codebook init, Adam 1e-3 and the batch, but decodes to a 10-component discretized logistic mixture of 8-bit pixels "
+                  "(100 output channels, not 3), without batch norm, with a 1x1 conv closing the encoder and a 3x3 conv opening the "
+                  "decoder: about 1.05M more parameters", "vqvae-cifar10", ("henrhoi_src",)),
+    "pixelcnn": Case("henrhoi/vae-pytorch, vq_vae_gated_pixelcnn_prior.py stage 2: its Gated PixelCNN prior over the 8x8 codes (embedding 64, "
+                     "a 7x7 type-A masked conv to 256 filters, 13 gated layers with full 7x7 kernels masked and layer norm, a 7x7 masked conv "
+                     "to the 128 logits), cross-entropy, Adam 8e-4, batch 64; its loop encodes and quantizes each image batch (encoder in "
+                     "training mode) before the prior. lvmkit's vqvae-cifar10 prior stage (gated_pixelcnn_prior: embedding 64, 15 gated "
+                     "layers of 256 channels with cropped 4x7 and 1x4 kernels, no normalisation, a 512-wide 1x1 output head; Adam 8e-4, "
+                     "batch 64) trains on codes computed once beforehand (not timed). The parameter counts differ; the seed's is its prior's "
+                     "(params_total adds the VQ-VAE it encodes with)",
+                     "vqvae-cifar10", ("henrhoi_src",), prior=True),
+}
+
+
+def _batch(n: int, dataset: str = "binarized_mnist"):
+    "n training examples of real data as lvmkit loads them: binarized MNIST (n, 1, 28, 28) float 0./1., or CIFAR-10 (n, 3, 32, 32) uint8."
     import torch
-    from lvmkit.data import binarized_mnist
+    from lvmkit.data import binarized_mnist, cifar10
+    if dataset == "cifar10": return cifar10("train").tensors[0][:n].clone()
     d = binarized_mnist("train")
     return torch.stack([d[i][0] for i in range(n)]).float()
+
+
+def _henrhoi_pixels(x):
+    "The seed's preprocessing of CIFAR-10 (its `dequantize`, applied once to the whole set): uniform dequantization, then logit(0.05 + 0.9 x / 256)."
+    import torch
+    x = x.float() + torch.zeros_like(x, dtype=torch.float).uniform_(0, 1)
+    p = 0.1 / 2 + (1 - 0.1) * x / 256
+    return torch.log(p) - torch.log(1 - p)
 
 
 def _time(step, steps: int, warmup: int) -> tuple[float, float]:
@@ -42,12 +105,23 @@ def _time(step, steps: int, warmup: int) -> tuple[float, float]:
     return first, time.perf_counter() - t
 
 
-def run_seed(case: str, src: str, boilr: str, steps: int, warmup: int) -> dict:
+def _count(params) -> int: return sum(p.numel() for p in params)
+
+
+def _optimizer(opt) -> str:
+    "The optimiser and the settings that distinguish it, e.g. RMSprop(lr=0.001, centered=True)."
+    g = opt.param_groups[0]
+    keys = [k for k in ("lr", "alpha", "eps", "centered", "betas", "weight_decay") if k in g]
+    return f"{type(opt).__name__}(" + ", ".join(f"{k}={g[k]}" for k in keys) + ")"
+
+
+def _seed_lvae(src: str, boilr: str, batch: int | None):
     import torch
     sys.path[:0] = [src, boilr]                                         # the seed first: boiler-pytorch has a models/ folder of its own
     from models.lvae import LadderVAE                                      # the seed's own model code
     torch.manual_seed(0)
-    x = _batch(64)
+    n = batch or 64
+    x = _batch(n)
     model = LadderVAE(1, **LVAE_SEED).train()
     opt = torch.optim.Adamax(model.parameters(), lr=3e-4)
     def step(i):
@@ -55,63 +129,146 @@ def run_seed(case: str, src: str, boilr: str, steps: int, warmup: int) -> dict:
         loss = (-out["ll"]).mean() + out["kl_loss"]
         l2 = sum(torch.sum(p ** 2) for p in model.parameters()).sqrt()  # computed (and logged) every step by the seed
         opt.zero_grad(); loss.backward(); opt.step()
+    return step, n, opt, dict(params=_count(model.parameters()))
+
+
+def _seed_altosaar(case: str, src: str, batch: int | None):
+    import torch
+    n = batch or 128
+    x = _batch(n).view(n, -1)                                            # the seed's rows of binary_mnist.h5: (B, 784) float32 0./1.
+    sys.path.insert(0, src)
+    for name in ("nomen", "h5py"):                                       # imported by its script (and data.py) for its command line and data file only
+        if importlib.util.find_spec(name) is None: sys.modules[name] = types.ModuleType(name)
+    import train_variational_autoencoder_pytorch as seed                 # the seed's own model code
+    torch.manual_seed(0)
+    model = seed.Model(**ALTOSAAR)
+    variational = seed.VariationalMeanField(**ALTOSAAR) if case == "vae-meanfield" else seed.VariationalFlow(**ALTOSAAR, flow_depth=2)
+    opt = torch.optim.RMSprop(list(model.parameters()) + list(variational.parameters()), lr=1e-3, centered=True)   # as its script
+    def step(i):                                                         # its training loop
+        model.zero_grad(); variational.zero_grad()
+        z, log_q_z = variational(x, n_samples=1)
+        log_p_x_and_z = model(z, x)
+        elbo = (log_p_x_and_z - log_q_z).mean(1)                         # average over the sample dimension
+        loss = -elbo.sum(0)                                              # sum over the batch
+        loss.backward(); opt.step()
+    return step, n, opt, dict(params=_count(model.parameters()) + _count(variational.parameters()))
+
+
+def _seed_henrhoi(case: str, src: str, batch: int | None):
+    import torch
+    n = batch or (64 if case == "pixelcnn" else 128)                     # vq_vae_gated_pixelcnn_prior.py: batch 64; vq_vae.py: 128
+    torch.manual_seed(0)
+    x = _henrhoi_pixels(_batch(n, "cifar10"))
+    torch.nn.Module.cuda = lambda self, device=None: self                # its modules and tensors call .cuda(): run them on the CPU
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    os.environ.setdefault("MPLBACKEND", "Agg")                           # its utils import matplotlib.pyplot
+    sys.path.insert(0, src)
+    torch.manual_seed(0)
+    if case == "vqvae":
+        import vq_vae as seed                                            # the seed's own model code
+        model, lr, prior_only = seed.VQVAE(K=128, D=256), 1e-3, False
+        loss_fn, trained = model.get_vae_loss, [p for name, p in model.named_parameters() if not name.startswith("pixelcnn_prior.")]
+    else:
+        import vq_vae_gated_pixelcnn_prior as seed
+        model, lr, prior_only = seed.Improved_VQVAE(K=128, D=256), 8e-4, True
+        loss_fn, trained = model.get_pixelcnn_prior_loss, list(model.pixelcnn_prior.parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=lr)                    # as its script: every parameter of the model
+    def step(i):                                                         # its train() loop
+        opt.zero_grad()
+        output = model(x, prior_only)
+        loss = loss_fn(x, output)
+        loss.backward(); opt.step()
+        loss.cpu().item()                                                # train_losses.append(loss.cpu().item())
+    return step, n, opt, dict(params=_count(trained), params_total=_count(model.parameters()))
+
+
+def run_seed(case: str, src: dict, batch: int | None, steps: int, warmup: int) -> dict:
+    if case == "lvae-12": step, n, opt, counts = _seed_lvae(src["lvae_src"], src["boilr_src"], batch)
+    elif case in ("vae-meanfield", "iaf"): step, n, opt, counts = _seed_altosaar(case, src["altosaar_src"], batch)
+    else: step, n, opt, counts = _seed_henrhoi(case, src["henrhoi_src"], batch)
     first, dt = _time(step, steps, warmup)
-    return dict(side="seed", params=sum(p.numel() for p in model.parameters()), examples_per_s=steps * 64 / dt, ms_per_step=1000 * dt / steps,
+    return dict(side="seed", **counts, batch=n, optimizer=_optimizer(opt), examples_per_s=steps * n / dt, ms_per_step=1000 * dt / steps,
                 warmup_s=first)
 
 
-def run_lvmkit(case: str, compile: bool, steps: int, warmup: int) -> dict:
+def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: int) -> dict:
     import torch
     sys.path.insert(0, str(ROOT))
     import lvmkit.recipes  # noqa: F401
     from lvmkit.core import build_model
     from lvmkit.experiments import OBJECTIVES, get_experiment
-    from lvmkit.training import LossModule, make_optimizer
-    exp = get_experiment(CASES[case][1])
+    from lvmkit.training import LossModule, make_optimizer, nll_loss
+    exp = get_experiment(CASES[case].recipe)
     torch.manual_seed(0)
-    x = _batch(exp.train.batch_size)
     model = build_model(exp.model, **exp.model_kwargs)
-    model.data_init(x)
-    module = LossModule(model, OBJECTIVES[exp.loss](**exp.objective))
+    if CASES[case].prior:                                                # stage 2, as fit_prior: the prior over the first stage's codes
+        train = exp.prior.train
+        n = batch or train.batch_size
+        with torch.no_grad(): x = model.eval().prior_data(_batch(n, exp.data.dataset))    # computed once for the training set: not timed
+        model, loss_fn = build_model(exp.prior.model, **model.prior_arguments(), **exp.prior.model_kwargs), nll_loss
+    else:
+        train = exp.train
+        n = batch or train.batch_size
+        x, loss_fn = _batch(n, exp.data.dataset), OBJECTIVES[exp.loss](**exp.objective)
+    if hasattr(model, "data_init"): model.data_init(x)                  # what fit does with the first batch
+    module = LossModule(model, loss_fn)
     if compile: module = torch.compile(module)                           # what fit does with TrainConfig(compile=True)
-    opt = make_optimizer(list(model.parameters()), exp.train, torch.device("cpu"))
+    opt = make_optimizer(list(model.parameters()), train, torch.device("cpu"))
     model.train()
     def step(i):
         loss, _ = module(x, i)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     first, dt = _time(step, steps, warmup)
-    return dict(side="lvmkit compiled" if compile else "lvmkit", params=sum(p.numel() for p in model.parameters()),
-                examples_per_s=steps * exp.train.batch_size / dt, ms_per_step=1000 * dt / steps, warmup_s=first)
+    return dict(side="lvmkit compiled" if compile else "lvmkit", params=_count(model.parameters()), batch=n, optimizer=_optimizer(opt),
+                examples_per_s=steps * n / dt, ms_per_step=1000 * dt / steps, warmup_s=first)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lvae-src", required=True, help="a checkout of addtt/ladder-vae-pytorch")
-    ap.add_argument("--boilr-src", required=True, help="a checkout of addtt/boiler-pytorch (the seed's framework)")
+    ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="which cases (default: all)")
+    ap.add_argument("--lvae-src", help="a checkout of addtt/ladder-vae-pytorch (lvae-12)")
+    ap.add_argument("--boilr-src", help="a checkout of addtt/boiler-pytorch, the framework of ladder-vae-pytorch (lvae-12)")
+    ap.add_argument("--altosaar-src", help="a checkout of altosaar/variational-autoencoder (vae-meanfield, iaf)")
+    ap.add_argument("--henrhoi-src", help="a checkout of henrhoi/vae-pytorch (vqvae, pixelcnn)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (for the compiled side: the compilation)")
+    ap.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES), help="which sides (default: all)")
+    ap.add_argument("--batch", type=int, help="one batch size for every case and side instead of the seeds' (smoke tests only; the record says so)")
+    ap.add_argument("--out", type=Path, help="the JSON record (default: benchmarks/results/seeds-<date>-<commit>.json)")
+    ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--side", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.side:                                                           # one side, in this (fresh) process
-        r = run_seed("lvae-12", a.lvae_src, a.boilr_src, a.steps, a.warmup) if a.side == "seed" else \
-            run_lvmkit("lvae-12", a.side == "compiled", a.steps, a.warmup)
+    src = {k: getattr(a, k) for k in SOURCES}
+    if a.side:                                                           # one side of one case, in this (fresh) process
+        r = run_seed(a.case, src, a.batch, a.steps, a.warmup) if a.side == "seed" else \
+            run_lvmkit(a.case, a.side == "compiled", a.batch, a.steps, a.warmup)
         print(json.dumps(r)); return 0
+    missing = {f"--{k.replace('_', '-')}" for c in a.cases for k in CASES[c].sources if "seed" in a.sides and not src[k]}
+    if missing: ap.error(f"the seed side of {', '.join(a.cases)} needs {' and '.join(sorted(missing))} (see --help for the checkouts)")
     import torch
     sys.path.insert(0, str(ROOT))
     from lvmkit.core import default_device, describe_hardware, git_commit
-    seed_commit = subprocess.run(["git", "-C", a.lvae_src, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
-    sides = []
-    for side in ("seed", "eager", "compiled"):
-        r = subprocess.run([sys.executable, __file__, "--side", side, "--lvae-src", a.lvae_src, "--boilr-src", a.boilr_src,
-                            "--steps", str(a.steps), "--warmup", str(a.warmup)], capture_output=True, text=True, cwd=ROOT)
-        out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"side": side, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
-        sides.append(out); print(json.dumps(out), flush=True)
+    passed = [x for k in SOURCES if src[k] for x in (f"--{k.replace('_', '-')}", src[k])]
+    common = ["--steps", str(a.steps), "--warmup", str(a.warmup)] + (["--batch", str(a.batch)] if a.batch else [])
+    cases = []
+    for case in a.cases:
+        c = CASES[case]
+        commit = (subprocess.run(["git", "-C", src[c.sources[0]], "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+                  if src[c.sources[0]] else "") or "unknown"
+        sides = []
+        for side in a.sides:
+            r = subprocess.run([sys.executable, __file__, "--case", case, "--side", side, *passed, *common], capture_output=True, text=True, cwd=ROOT)
+            out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"side": side, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
+            sides.append(out); print(json.dumps({"case": case, **out}), flush=True)
+        cases.append(dict(case=case, seed=f"{SOURCES[c.sources[0]][0]}@{commit}", what=c.what + (f" [smoke test: batch {a.batch}]" if a.batch else ""),
+                          recipe=c.recipe + (" (prior stage)" if c.prior else ""), sides=sides))
+    needed = [k for k in SOURCES if any(k in CASES[c].sources for c in a.cases) and "seed" in a.sides]
+    command = " ".join(["python benchmarks/seeds.py", "--cases", *a.cases, *[f"--{k.replace('_', '-')} {SOURCES[k][1]}" for k in needed], *common]
+                       + (["--sides", *a.sides] if list(a.sides) != list(SIDES) else []))
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware(default_device()), torch=torch.__version__,
-               python=platform.python_version(), commit=git_commit(ROOT), threads=torch.get_num_threads(),
-               command=f"python benchmarks/seeds.py --lvae-src LADDER_VAE --boilr-src BOILR --steps {a.steps} --warmup {a.warmup}",
-               cases=[dict(case="lvae-12", seed=f"addtt/ladder-vae-pytorch@{seed_commit}", what=CASES["lvae-12"][0], recipe=CASES["lvae-12"][1], sides=sides)])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"seeds-{rec['date'][:10]}-{rec['commit']}.json"
+               python=platform.python_version(), commit=git_commit(ROOT), threads=torch.get_num_threads(), command=command, cases=cases)
+    out = a.out or RESULTS / f"seeds-{rec['date'][:10]}-{rec['commit']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=1) + "\n"); print(f"wrote {out}")
     return 0
 

@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir", help="a run folder of lvmkit train, with its result.json")
     x.add_argument("--out", required=True, help="the release folder")
     x.add_argument("--name", help="the weights' name (default: the run folder's name)")
-    x.add_argument("--checkpoint", default="last.pt", help="the checkpoint in the run folder (default last.pt)")
+    x.add_argument("--checkpoint", help="the checkpoint in the run folder (default: the one its record was evaluated on)")
     a = sub.add_parser("assign", help="course assignments: list them, write student copies, grade submissions, check the sources")
     asub = a.add_subparsers(dest="assign_command", required=True)
     al = asub.add_parser("list", help="the assignments, their graded tasks and points")

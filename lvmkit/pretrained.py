@@ -30,16 +30,20 @@ def _read_manifest(path: Path) -> dict:
     if not isinstance(m, dict) or not isinstance(m.get("weights"), dict): raise ValueError(f"{path} is not an lvmkit manifest (no 'weights' table)")
     return m
 
-def export_pretrained(run_dir: str | Path, out_dir: str | Path, name: str | None = None, checkpoint: str = "last.pt") -> dict:
+def export_pretrained(run_dir: str | Path, out_dir: str | Path, name: str | None = None, checkpoint: str | None = None) -> dict:
     """Write the run in `run_dir` as `out_dir/NAME.pt` (spec, EMA weights or weights, recipe, records, training log and the checkpoint's name)
-    and list it in `out_dir/manifest.json`."""
+    and list it in `out_dir/manifest.json`. The checkpoint is by default the one the record called `name` was evaluated on (best.pt, last.pt,
+    or final.pt for a two-stage model's second record)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     name = name or run_dir.name
-    ckpt = load_checkpoint(run_dir / checkpoint)
-    if not ckpt.get("spec"): raise ValueError(f"{run_dir / checkpoint} has no model spec: only models built by lvmkit.core.build_model can be exported")
     results = run_dir / "result.json"
     if not results.is_file(): raise ValueError(f"{run_dir} has no result.json: export evaluated runs only (their records travel with the weights)")
     records = json.loads(results.read_text())
+    if checkpoint is None:
+        rec = next((r for r in records if r.get("name") == name), records[0] if records else {})
+        checkpoint = (rec.get("config") or {}).get("checkpoint") or "last.pt"
+    ckpt = load_checkpoint(run_dir / checkpoint)
+    if not ckpt.get("spec"): raise ValueError(f"{run_dir / checkpoint} has no model spec: only models built by lvmkit.core.build_model can be exported")
     experiment = json.loads((run_dir / "experiment.json").read_text()) if (run_dir / "experiment.json").is_file() else {}
     ema = ema_weights(ckpt)
     log = run_dir / "metrics.jsonl"                                   # the training curves, for the figures of a chapter run from these weights

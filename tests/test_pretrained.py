@@ -136,7 +136,7 @@ def test_a_chapter_run_from_released_weights_does_not_train(tmp_path, monkeypatc
     from lvmkit.checkpoint import load_model
     exp = _tiny_experiment()
     trained = E.run_experiment(exp, quick_mode=False, run_dir=tmp_path / "trained", progress=False, device="cpu")
-    export_pretrained(tmp_path / "trained", tmp_path / "release", name="tiny-exp", checkpoint="best.pt")
+    export_pretrained(tmp_path / "trained", tmp_path / "release", name="tiny-exp")   # the checkpoint its record names: best.pt
     srv = Server(tmp_path / "release")
     monkeypatch.setenv("LVMKIT_PRETRAINED_URL", srv.url); monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path / "cache"))
     def no_training(*a, **k): raise AssertionError("pretrained mode trained")
@@ -160,3 +160,21 @@ def test_a_chapter_run_from_released_weights_does_not_train(tmp_path, monkeypatc
     from lvmkit.pretrained import install_run
     with pytest.raises(ValueError, match="holds a training run"):                           # never written over a training run
         install_run("tiny-exp", tmp_path / "trained")
+
+
+def test_export_release_script_exports_what_the_book_prints_and_names_what_is_missing(tmp_path):
+    "RELEASING.md step 4: .ci/export_release.py exports every printed full-mode run it finds and exits 1 naming the others."
+    import subprocess, sys
+    import lvmkit.recipes  # noqa: F401
+    from lvmkit.experiments import get_experiment, run_experiment
+    run_experiment(get_experiment("vae-mlp"), quick_mode=True, run_dir=tmp_path / "runs" / "vae-mlp", progress=False, device="cpu")
+    (tmp_path / "res").mkdir()
+    for name in ("vae-mlp", "vae-mlp-iw128", "iaf-mlp", "vae-latent2"):
+        (tmp_path / "res" / f"{name}.json").write_text(json.dumps(dict(name=name, mode="full" if name != "vae-latent2" else "quick")))
+    root = Path(__file__).parent.parent
+    p = subprocess.run([sys.executable, str(root / ".ci" / "export_release.py"), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+                        "--out", str(tmp_path / "release")], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr
+    assert "exported 1" in p.stdout and "iaf-mlp: no run folder" in p.stderr and "vae-latent2" not in p.stderr   # quick records are not released
+    man = json.loads((tmp_path / "release" / "manifest.json").read_text())["weights"]
+    assert list(man) == ["vae-mlp"] and man["vae-mlp"]["checkpoint"] == "best.pt"
