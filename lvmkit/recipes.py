@@ -164,7 +164,7 @@ LVAE_CIFAR10_CPU = register_experiment(Experiment(
     model="lvae", model_kwargs=dict(x_shape=(3, 32, 32), likelihood="dmol", n_mix=5, z_channels=(16,) * 4, downsample=(1, 1, 1, 0), **CPU_MODEL),
     train=TrainConfig(steps=2_500, batch_size=64, lr=1e-3, ema_decay=0.99, eval_every=250, log_every=50),
     objective=dict(free_bits=0.5, free_bits_mode="example"),
-    data=Data(dataset="cifar10", valid_split=None, protocol=CIFAR_LVAE_PROTOCOL, test_n=300),
+    data=Data(dataset="cifar10", valid_split=None, protocol=CIFAR_LVAE_PROTOCOL),   # the whole test split (10 000 images)
     evaluation=Evaluation(k=(100,), batch_size=20, max_elements=2**21, sample_noise=True, monitor_n=32),
     quick=_QUICK,
     reference={"seed, 15 layers, ELBO (bits/dim; GPU, much larger model)": 3.35}))
