@@ -128,8 +128,9 @@ def get_experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 # %% ../nbs/09_experiments.ipynb #3c2f2840
-def _subset(ds: Dataset, n: int) -> Dataset:
-    "Every (len/n)-th example: an evenly spread subset (the static MNIST test split is sorted by digit)."
+def _subset(ds: Dataset, n: int | None) -> Dataset:
+    "Every (len/n)-th example: an evenly spread subset (the static MNIST test split is sorted by digit); n=None: all of `ds`."
+    if n is None: return ds
     idx = torch.arange(0, len(ds), max(1, len(ds) // n))[:n]
     if isinstance(ds, TensorDataset): return TensorDataset(*(t[idx] for t in ds.tensors))
     return torch.utils.data.Subset(ds, idx.tolist())
