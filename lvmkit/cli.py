@@ -135,7 +135,7 @@ def _eval(a: argparse.Namespace) -> dict:
     max_bytes = _size(a.max_memory) if a.max_memory else None
     compile = recorded.get("compile", False) if a.compile is None else a.compile
     r = evaluate(model, data, k=a.iw, batch_size=batch_size, device=device, progress=not a.no_progress, max_elements=max_elements, max_bytes=max_bytes,
-                 compile=compile, state=a.state, max_time_s=a.max_time)
+                 compile=compile, state=a.state, max_time_s=a.max_time, tag={"seed": a.seed})   # a state saved with another seed is not resumed
     if not r["finished"]: r["stopped"] = f"IW-{a.iw} evaluation stopped by --max-time after {r['n']} of {len(data)} examples; saved in {a.state}: run the same command to resume"
     return dict(checkpoint=str(path), model=getattr(model, "spec", None), dataset=dataset, split=a.split,
                 batch_size=batch_size, max_elements=max_elements, max_bytes=max_bytes, compile=compile, seed=a.seed, **r)

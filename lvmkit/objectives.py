@@ -262,14 +262,17 @@ def _batches(data: Dataset | Tensor, batch_size: int, device: torch.device) -> I
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset | Tensor, k: int = 1000, batch_size: int = 500,
              device: torch.device | str | None = None, progress: bool = True, max_elements: int = 2**25, max_bytes: int | None = None,
-             compile: bool = False, state: str | Path | None = None, max_time_s: float | None = None) -> dict:
+             compile: bool = False, state: str | Path | None = None, max_time_s: float | None = None, tag: dict | None = None) -> dict:
     """Test ELBO and importance-weighted NLL (nats and bits/dim) of `model` on `data` with `k` samples.
     `compile=True` compiles the model's `log_weights` with torch.compile (see `iw_log_likelihood`): worth it when the evaluation takes minutes.
     With a `state` file the evaluation can stop and resume (see `EvalProgress`); `max_time_s` stops it after the batch that passes that many
-    seconds, and the result then says `finished=False` and holds no estimate."""
+    seconds, and the result then says `finished=False` and holds no estimate. `tag`: whatever else the numbers depend on that the call cannot
+    see, such as the seed the caller set before it (`{"seed": 1}`); it is part of the state's fingerprint, so a state saved under another tag
+    is not resumed."""
     from tqdm.auto import tqdm
     device = torch.device(device) if device is not None else next(model.parameters()).device
     settings = dict(k=k, batch_size=batch_size, max_elements=max_elements, max_bytes=max_bytes, compile=compile)
+    if tag: settings["tag"] = {str(key): v for key, v in tag.items()}
     p = EvalProgress.resume(state, model, data, settings, device) if state is not None else EvalProgress()
     was_training = model.training; model.eval()
     t0, done_here = time.perf_counter(), 0

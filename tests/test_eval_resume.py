@@ -38,16 +38,17 @@ def test_without_restoring_the_generator_the_numbers_differ(setup, tmp_path, mon
     r, _ = _resumed(lg, x, tmp_path / "s.json", k=50, batch_size=40)
     assert r["nll"] != whole["nll"]
 
-@pytest.mark.parametrize("change", ["weights", "data", "k", "batch_size"])
+@pytest.mark.parametrize("change", ["weights", "data", "k", "batch_size", "tag"])
 def test_a_state_for_another_evaluation_is_not_mixed_in(setup, tmp_path, change):
     lg, x = setup
     path = tmp_path / "s.json"
-    torch.manual_seed(0); evaluate(lg, x, k=50, batch_size=40, progress=False, state=path, max_time_s=0)   # one batch saved
-    kw = dict(k=50, batch_size=40)
+    torch.manual_seed(0); evaluate(lg, x, k=50, batch_size=40, progress=False, state=path, max_time_s=0, tag={"seed": 0})   # one batch saved
+    kw = dict(k=50, batch_size=40, tag={"seed": 0})
     if change == "weights":
         with torch.no_grad(): lg.W.add_(0.01)
     if change == "data": x = x + 0.01
     if change in ("k", "batch_size"): kw[change] += 1
+    if change == "tag": kw["tag"] = {"seed": 1}
     torch.manual_seed(1); fresh = evaluate(lg, x, progress=False, **kw)
     with pytest.warns(RuntimeWarning, match=f"another evaluation.*{change}"):
         torch.manual_seed(1); r = evaluate(lg, x, progress=False, state=path, **kw)
@@ -114,3 +115,20 @@ def test_cli_eval_stops_and_resumes_with_state(tmp_path, capsys):
         r = json.loads(out)
         if i < 2: assert not r["finished"] and "nll" not in r and f"after {20 * (i + 1)} of 50 examples" in err and "s.json" in err
     assert r["finished"] and r["nll"] == whole["nll"] and r["elbo"] == whole["elbo"]
+
+def test_cli_eval_with_another_seed_does_not_resume_the_state(tmp_path, capsys):
+    "The seed is part of the state's fingerprint: a state saved with --seed 0 is not the answer of --seed 1."
+    from lvmkit.cli import main
+    from lvmkit.experiments import run_experiment
+    run_experiment(_tiny(tmp_path), quick_mode=False, run_dir=tmp_path / "run", progress=False, device="cpu")
+    args = ["eval", str(tmp_path / "run" / "best.pt"), "--iw", "4", "--n", "50", "--batch-size", "20", "--no-progress", "--device", "cpu"]
+    state = ["--state", str(tmp_path / "s.json")]
+    assert main(args + ["--seed", "1"]) == 0
+    seed1 = json.loads(capsys.readouterr().out)
+    assert main(args + state) == 0                                                    # seed 0, finished and saved
+    seed0 = json.loads(capsys.readouterr().out)
+    assert seed0["nll"] != seed1["nll"]
+    with pytest.warns(RuntimeWarning, match="another evaluation.*tag"):
+        assert main(args + state + ["--seed", "1"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["nll"] == seed1["nll"] and r["seed"] == 1
