@@ -286,6 +286,7 @@ def run_experiment(exp: Experiment, quick_mode: bool | None = None, data_root: s
         else: pres = fit_prior(model, stage, prior_train, run_dir / f"prior-{stage.name}", device=device, progress=progress, resume=resume,
                                max_time_s=None if max_time_s is None else max(1.0, left()))
         summary.update(prior_finished=pres.finished, prior_steps=pres.steps)
+        if pretrained: summary["prior_pretrained"] = json.loads((run_dir / f"prior-{stage.name}" / "pretrained.json").read_text())
         if not pres.finished: summary["finished"] = False; return summary
         final = save_checkpoint(run_dir / "final.pt", model=model.state_dict(), spec=model.spec)   # restores with its prior: load_model(final)
         steps, t_train = res.steps + pres.steps, res.total_time_s + pres.total_time_s

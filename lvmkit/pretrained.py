@@ -33,7 +33,8 @@ def _read_manifest(path: Path) -> dict:
 def export_pretrained(run_dir: str | Path, out_dir: str | Path, name: str | None = None, checkpoint: str | None = None) -> dict:
     """Write the run in `run_dir` as `out_dir/NAME.pt` (spec, EMA weights or weights, recipe, records, training log and the checkpoint's name)
     and list it in `out_dir/manifest.json`. The checkpoint is by default the one the record called `name` was evaluated on (best.pt, last.pt,
-    or final.pt for a two-stage model's second record)."""
+    or final.pt for a two-stage model's second record). The training log is the run's `metrics.jsonl`; for a two-stage model's second record
+    (NAME = RUN-STAGE) it is its prior's, `prior-STAGE/metrics.jsonl`, and the file says where it goes (`run_log`)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     name = name or run_dir.name
     results = run_dir / "result.json"
@@ -46,11 +47,13 @@ def export_pretrained(run_dir: str | Path, out_dir: str | Path, name: str | None
     if not ckpt.get("spec"): raise ValueError(f"{run_dir / checkpoint} has no model spec: only models built by lvmkit.core.build_model can be exported")
     experiment = json.loads((run_dir / "experiment.json").read_text()) if (run_dir / "experiment.json").is_file() else {}
     ema = ema_weights(ckpt)
-    log = run_dir / "metrics.jsonl"                                   # the training curves, for the figures of a chapter run from these weights
+    stage = name[len(run_dir.name) + 1:] if name.startswith(f"{run_dir.name}-") else None
+    log = Path(f"prior-{stage}") / "metrics.jsonl" if stage and (run_dir / f"prior-{stage}").is_dir() else Path("metrics.jsonl")
+    log = run_dir / log                                               # the training curves, for the figures of a chapter run from these weights
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(out_dir / f"{name}.pt", spec=ckpt["spec"], model=ema if ema is not None else ckpt["model"],
                            weights="ema" if ema is not None else "raw", experiment=experiment, records=records,
-                           run_checkpoint=checkpoint, metrics=log.read_text() if log.is_file() else None)
+                           run_checkpoint=checkpoint, metrics=log.read_text() if log.is_file() else None, run_log=str(log.relative_to(run_dir)))
     entry = dict(file=path.name, sha256=sha256sum(path), bytes=path.stat().st_size, model=ckpt["spec"]["name"], checkpoint=checkpoint,
                  records=[{k: r.get(k) for k in ("name", "metric", "value", "k", "test_n", "mode", "commit")} for r in records])
     mpath = out_dir / "manifest.json"
@@ -120,7 +123,8 @@ def pretrained_mode() -> bool:
 
 def install_run(name: str, run_dir: str | Path, base_url: str | None = None, cache: str | Path | None = None) -> TrainResult:
     """Lay out the released weights `name` as a finished run in `run_dir` (checkpoint, metrics.jsonl, pretrained.json), and return the
-    TrainResult of the training that made them, from their records (steps, training time, examples per second)."""
+    TrainResult of the training that made them, from their records (steps, training time, examples per second). A two-stage model's second
+    file puts its log and pretrained.json in its prior's folder (`run_dir/prior-STAGE`), where training would have left them."""
     run_dir = Path(run_dir)
     if (run_dir / "last.pt").is_file() and not (run_dir / "pretrained.json").is_file():
         raise ValueError(f"{run_dir} holds a training run (last.pt); downloaded weights would replace it: choose another run folder for pretrained weights")
@@ -131,9 +135,13 @@ def install_run(name: str, run_dir: str | Path, base_url: str | None = None, cac
     run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / ck.get("run_checkpoint", "last.pt")
     shutil.copyfile(path, target)
-    if ck.get("metrics"): atomic_write(run_dir / "metrics.jsonl", ck["metrics"])
-    atomic_write(run_dir / "pretrained.json", json.dumps(dict(name=name, url=f"{_base_url(base_url)}/{path.name}", sha256=sha256sum(path),
-                                                              checkpoint=target.name), indent=1) + "\n")
+    log = run_dir / ck.get("run_log", "metrics.jsonl")
+    if run_dir.resolve() not in log.resolve().parents:
+        raise ValueError(f"the pretrained weights {name!r} name a training log outside the run folder ({ck['run_log']!r})")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if ck.get("metrics"): atomic_write(log, ck["metrics"])
+    atomic_write(log.parent / "pretrained.json", json.dumps(dict(name=name, url=f"{_base_url(base_url)}/{path.name}", sha256=sha256sum(path),
+                                                                 checkpoint=target.name), indent=1) + "\n")
     r = next((r for r in recs if r.get("name") == name), recs[0])          # a two-stage run's file holds both stages' records
     best = (r.get("config") or {}).get("best_step")
     return TrainResult(steps=r.get("steps") or 0, finished=True, stopped_early=False, best_step=best, best_valid=None, wall_time_s=0.0,

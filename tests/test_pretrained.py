@@ -178,3 +178,36 @@ def test_export_release_script_exports_what_the_book_prints_and_names_what_is_mi
     assert "exported 1" in p.stdout and "iaf-mlp: no run folder" in p.stderr and "vae-latent2" not in p.stderr   # quick records are not released
     man = json.loads((tmp_path / "release" / "manifest.json").read_text())["weights"]
     assert list(man) == ["vae-mlp"] and man["vae-mlp"]["checkpoint"] == "best.pt"
+
+
+def test_a_two_stage_model_from_released_weights_keeps_both_logs(tmp_path, monkeypatch):
+    "A VQ-VAE and its prior from their two released files: nothing trained, each stage's log and pretrained.json where training leaves them."
+    from dataclasses import replace
+    import lvmkit.experiments as E
+    import lvmkit.recipes as R
+    from lvmkit.experiments import Quick
+    base = R.VQVAE_CIFAR10_CPU
+    stage = replace(base.prior, model_kwargs=dict(embed=4, channels=8, kernel=3, layers=2, hidden=8), quick_train=dict(steps=6, batch_size=8, log_every=2))
+    exp = replace(base, name="tiny-vq", model_kwargs=dict(base.model_kwargs, channels=16, dim=8, n_codes=16, n_mix=2), prior=stage,
+                  quick=Quick(train=dict(steps=6, batch_size=8, log_every=2, eval_every=3), test_n=8, k=(2,), prior_n=32),
+                  evaluation=replace(base.evaluation, batch_size=8, compile=False))
+    trained = E.run_experiment(exp, quick_mode=True, run_dir=tmp_path / "runs" / "tiny-vq", progress=False, device="cpu")
+    assert trained["finished"] and trained["prior_finished"]
+    res = tmp_path / "runs" / "tiny-vq" / "result.json"                                              # named as a full run names its records
+    res.write_text(json.dumps([dict(r, name=r["name"].replace("tiny-vq-quick", "tiny-vq")) for r in json.loads(res.read_text())]))
+    for name in ("tiny-vq", f"tiny-vq-{stage.name}"): export_pretrained(tmp_path / "runs" / "tiny-vq", tmp_path / "release", name=name)
+    assert load_checkpoint(tmp_path / "release" / f"tiny-vq-{stage.name}.pt")["run_checkpoint"] == "final.pt"    # the whole model
+    srv = Server(tmp_path / "release")
+    monkeypatch.setenv("LVMKIT_PRETRAINED_URL", srv.url); monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path / "cache"))
+    def no_training(*a, **k): raise AssertionError("pretrained mode trained")
+    monkeypatch.setattr(E, "fit", no_training); monkeypatch.setattr(E, "fit_prior", no_training)
+    try: s = E.run_experiment(exp, quick_mode=True, run_dir=tmp_path / "pre", progress=False, device="cpu", pretrained=True)
+    finally: srv.stop()
+    run, pre = tmp_path / "runs" / "tiny-vq", tmp_path / "pre"
+    assert s["finished"] and s["prior_finished"] and s["steps"] == trained["steps"] and s["prior_steps"] == trained["prior_steps"] == 6
+    assert s["pretrained"]["name"] == "tiny-vq" and s["prior_pretrained"]["name"] == f"tiny-vq-{stage.name}"
+    assert json.loads((pre / "pretrained.json").read_text())["name"] == "tiny-vq"                  # stage 1's, not replaced by stage 2's
+    prior_log = f"prior-{stage.name}/metrics.jsonl"
+    assert (pre / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()              # the VQ-VAE's curves
+    assert (pre / prior_log).read_text() == (run / prior_log).read_text() != (run / "metrics.jsonl").read_text()   # the prior's curves
+    assert abs(s["prior_test_nll"] - trained["prior_test_nll"]) < 0.05 * abs(trained["prior_test_nll"])           # the same whole model
