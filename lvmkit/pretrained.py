@@ -133,15 +133,14 @@ def install_run(name: str, run_dir: str | Path, base_url: str | None = None, cac
     recs = ck.get("records") or []
     if not recs: raise ValueError(f"the pretrained weights {name!r} carry no results record: they were not exported by export_pretrained")
     run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / ck.get("run_checkpoint", "last.pt")
+    target, log = run_dir / ck.get("run_checkpoint", "last.pt"), run_dir / ck.get("run_log", "metrics.jsonl")
+    for what, p in (("checkpoint", target), ("training log", log)):
+        if run_dir.resolve() not in p.resolve().parents: raise ValueError(f"the pretrained weights {name!r} put their {what} outside the run folder ({p})")
     shutil.copyfile(path, target)
-    log = run_dir / ck.get("run_log", "metrics.jsonl")
-    if run_dir.resolve() not in log.resolve().parents:
-        raise ValueError(f"the pretrained weights {name!r} name a training log outside the run folder ({ck['run_log']!r})")
     log.parent.mkdir(parents=True, exist_ok=True)
     if ck.get("metrics"): atomic_write(log, ck["metrics"])
     atomic_write(log.parent / "pretrained.json", json.dumps(dict(name=name, url=f"{_base_url(base_url)}/{path.name}", sha256=sha256sum(path),
-                                                                 checkpoint=target.name), indent=1) + "\n")
+                                                                 checkpoint=os.path.relpath(target, log.parent)), indent=1) + "\n")
     r = next((r for r in recs if r.get("name") == name), recs[0])          # a two-stage run's file holds both stages' records
     best = (r.get("config") or {}).get("best_step")
     return TrainResult(steps=r.get("steps") or 0, finished=True, stopped_early=False, best_step=best, best_valid=None, wall_time_s=0.0,

@@ -206,8 +206,22 @@ def test_a_two_stage_model_from_released_weights_keeps_both_logs(tmp_path, monke
     run, pre = tmp_path / "runs" / "tiny-vq", tmp_path / "pre"
     assert s["finished"] and s["prior_finished"] and s["steps"] == trained["steps"] and s["prior_steps"] == trained["prior_steps"] == 6
     assert s["pretrained"]["name"] == "tiny-vq" and s["prior_pretrained"]["name"] == f"tiny-vq-{stage.name}"
+    assert s["prior_pretrained"]["checkpoint"] == "../final.pt"                                    # from the prior's folder: the whole model
     assert json.loads((pre / "pretrained.json").read_text())["name"] == "tiny-vq"                  # stage 1's, not replaced by stage 2's
     prior_log = f"prior-{stage.name}/metrics.jsonl"
     assert (pre / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()              # the VQ-VAE's curves
     assert (pre / prior_log).read_text() == (run / prior_log).read_text() != (run / "metrics.jsonl").read_text()   # the prior's curves
     assert abs(s["prior_test_nll"] - trained["prior_test_nll"]) < 0.05 * abs(trained["prior_test_nll"])           # the same whole model
+
+
+def test_a_release_file_cannot_write_outside_the_run_folder(tmp_path, release):
+    "The checkpoint and log names a file carries are paths inside the run folder, or the file is refused before anything is written."
+    from lvmkit.pretrained import install_run
+    for key in ("run_checkpoint", "run_log"):
+        ck = load_checkpoint(release["dir"] / "tiny.pt")
+        save_checkpoint(release["dir"] / "bad.pt", **{**ck, key: "../escaped.pt"})
+        (release["dir"] / "manifest.json").write_text(json.dumps({"weights": {"bad": {"file": "bad.pt", "sha256": sha256sum(release["dir"] / "bad.pt"),
+                                                                                  "bytes": (release["dir"] / "bad.pt").stat().st_size}}}))
+        with pytest.raises(ValueError, match="outside the run folder"):
+            install_run("bad", tmp_path / "run", base_url=release["url"], cache=tmp_path / f"cache-{key}")
+        assert not (tmp_path / "escaped.pt").exists()
