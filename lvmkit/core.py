@@ -44,12 +44,13 @@ def describe_hardware(device: torch.device | str | None = None) -> str:
     return f"CPU: {cpu}, {torch.get_num_threads()} threads"
 
 def git_commit(path: str | Path = ".") -> str | None:
-    "The commit of the git checkout at `path` (with `+dirty` if it has changes), or None outside git."
+    """The commit of the git checkout at `path` (with `+dirty` if it has changes), or None outside git.
+    Changed results records (book/results) do not count: they are what runs write, so a notebook that records several runs stays clean."""
     try:
         kw = dict(cwd=path, capture_output=True, text=True, timeout=10)
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **kw)
         if sha.returncode: return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **kw).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)book/results"], **kw).stdout.strip()
         return sha.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError): return None
 

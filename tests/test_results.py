@@ -144,3 +144,19 @@ def test_records_and_page_are_written_atomically(tmp_path, monkeypatch):
         write_results_page(tmp_path / "none", tmp_path / "page" / "results.md")
     assert (tmp_path / "vae-bmnist.json").read_text() == old_record and (tmp_path / "page" / "results.md").read_text() == old_page
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["page", "results.md", "vae-bmnist.json"]
+
+def test_git_commit_marks_code_changes_dirty_but_not_written_records(tmp_path):
+    "A record's commit says +dirty when code changed, not when an earlier run of the same notebook rewrote a record in book/results."
+    import subprocess
+    from lvmkit.core import git_commit
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "book" / "results").mkdir(parents=True); (tmp_path / "nbs").mkdir()
+    (tmp_path / "book" / "results" / "a.json").write_text("{}\n"); (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q"); git("add", "."); git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert git_commit(tmp_path) == sha
+    (tmp_path / "book" / "results" / "a.json").write_text('{"value": 1}\n')            # a run rewrote a record
+    assert git_commit(tmp_path) == sha and git_commit(tmp_path / "nbs") == sha          # from a subfolder too (notebooks run in nbs/)
+    (tmp_path / "code.py").write_text("x = 2\n")                                          # the code changed
+    assert git_commit(tmp_path) == sha + "+dirty" and git_commit(tmp_path / "nbs") == sha + "+dirty"
+    assert git_commit(tmp_path.parent / "no-such-folder") is None
