@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #b82e3778
 from __future__ import annotations
-import argparse, json, math, sys
+import argparse, json, math, os, sys
 from pathlib import Path
 import torch
 from . import __version__
@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("experiment", help="experiment name or alias (see `lvmkit list`), e.g. vae")
     t.add_argument("--quick", action="store_true", help="the small CI configuration (also LVMKIT_QUICK=1)")
     t.add_argument("--data", help="data root (default: $LVMKIT_DATA, else the user cache folder)")
+    t.add_argument("--download", action="store_true", help="fetch missing data files from their original sites into the data root, "
+                                                           "checksums verified (also LVMKIT_DOWNLOAD=1)")
     t.add_argument("--out", help="run folder (default: runs/NAME)")
     t.add_argument("--results-dir", help="also write the results record(s) here, e.g. book/results")
     t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: best available)")
@@ -40,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="a .pt file written by lvmkit train, or pretrained:NAME for released weights (lvmkit.pretrained)")
     e.add_argument("--iw", type=int, default=1000, help="importance samples K (default 1000)")
     e.add_argument("--data", help="data root")
+    e.add_argument("--download", action="store_true", help="fetch missing data files from their original sites into the data root, "
+                                                           "checksums verified (also LVMKIT_DOWNLOAD=1)")
     e.add_argument("--dataset", help="dataset name (default: the one the run was trained on, else binarized_mnist)")
     e.add_argument("--split", default="test")
     e.add_argument("--n", type=int, help="evaluate only n examples, spread evenly over the split")
@@ -183,6 +187,8 @@ def _assign(a: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `lvmkit` console script."
     a = _parser().parse_args(argv)
+    asked = os.environ.get("LVMKIT_DOWNLOAD")
+    if getattr(a, "download", False): os.environ["LVMKIT_DOWNLOAD"] = "1"           # the data loaders' switch (lvmkit.data.want_download)
     try:
         if a.command == "list":
             import_models()                                                             # every model, also those no recipe uses
@@ -195,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"lvmkit: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        if asked is None: os.environ.pop("LVMKIT_DOWNLOAD", None)                  # main() called from Python leaves the process as it was
+        else: os.environ["LVMKIT_DOWNLOAD"] = asked
     print(json.dumps(out, indent=1, default=str))
     if out.get("stopped") or out.get("evaluation"):                                  # --max-time ran out while evaluating
         print(f"lvmkit: {out.get('stopped') or out['evaluation']}", file=sys.stderr)

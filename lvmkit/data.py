@@ -43,7 +43,8 @@ class DataIntegrityError(ValueError):
         super().__init__(f"{path}: {problem}.\n  expected {algo}: {expected}\n  actual {algo}:   {actual}\n"
                          f"Fix: delete {path} and fetch it again (download=True when online, or copy a good file into the data root).")
 
-_FIX = "Fix: pass root=/path/to/data, set LVMKIT_DATA=/path/to/data, or use download=True when online."
+_FIX = ("Fix: pass root=/path/to/data, set LVMKIT_DATA=/path/to/data, or, when online, use download=True "
+        "(LVMKIT_DOWNLOAD=1; on the command line, lvmkit train/eval --download).")
 
 def _not_found(what: str, looked: list[Path], expected: str) -> FileNotFoundError:
     "A FileNotFoundError naming the file, every place we looked, the expected checksum and the fix."
