@@ -200,20 +200,19 @@ def test_eval_within_a_memory_budget(tmp_path, capsys):
 
 def test_download_flag_fetches_missing_data_and_the_error_says_so(tmp_path, capsys, monkeypatch):
     "lvmkit eval --download (LVMKIT_DOWNLOAD=1 for the command): a missing data file is fetched (here from 127.0.0.1) and verified; without it the error names the flag."
-    import functools, gzip, http.server, os, threading
+    import gzip, os
     from pathlib import Path
     import lvmkit.data as D
+    from test_pretrained import Server                                                          # a folder served on 127.0.0.1
     root = Path(os.environ.get("LVMKIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
     if not (root / "binarized_mnist").is_dir(): pytest.skip(f"offline data not found at {root}")
     run = tmp_path / "run"
     assert main(["train", "vae", "--quick", "--out", str(run), "--no-progress"]) == 0          # trained on the offline copy
     site = tmp_path / "site"; site.mkdir()
     (site / "binarized_mnist_test.amat").write_bytes(gzip.decompress((root / "binarized_mnist" / "binarized_mnist_test.amat.gz").read_bytes()))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site)); handler.log_message = lambda *a: None
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = Server(site)
     try:
-        monkeypatch.setattr(D, "BINARIZED_MNIST_URL", f"http://127.0.0.1:{srv.server_address[1]}/binarized_mnist_{{split}}.amat")
+        monkeypatch.setattr(D, "BINARIZED_MNIST_URL", srv.url + "/binarized_mnist_{split}.amat")
         monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path / "cache")); monkeypatch.delenv("LVMKIT_DOWNLOAD", raising=False)
         empty = tmp_path / "data"
         argv = ["eval", str(run / "best.pt"), "--data", str(empty), "--iw", "2", "--n", "20", "--no-progress"]
@@ -224,4 +223,4 @@ def test_download_flag_fetches_missing_data_and_the_error_says_so(tmp_path, caps
         assert (empty / "binarized_mnist" / "binarized_mnist_test.amat").is_file()
         assert "LVMKIT_DOWNLOAD" not in os.environ                                          # the process is left as it was
     finally:
-        srv.shutdown(); srv.server_close()
+        srv.stop()

@@ -312,15 +312,14 @@ def test_a_read_only_or_full_cache_folder_is_not_fatal(tmp_path, monkeypatch):
 @needs_data
 def test_download_from_a_local_server(tmp_path, monkeypatch):
     "The Colab path: LVMKIT_DOWNLOAD=1 makes a loader fetch a missing file (here from 127.0.0.1), verify it and keep it; a bad one is refused."
-    import functools, gzip, http.server, threading
+    import gzip
     import lvmkit.data as D
+    from test_pretrained import Server                                                          # a folder served on 127.0.0.1
     site = tmp_path / "site"; site.mkdir()
     (site / "binarized_mnist_test.amat").write_bytes(gzip.decompress((ROOT / "binarized_mnist" / "binarized_mnist_test.amat.gz").read_bytes()))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site)); handler.log_message = lambda *a: None
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = Server(site)
     try:
-        monkeypatch.setattr(D, "BINARIZED_MNIST_URL", f"http://127.0.0.1:{srv.server_address[1]}/binarized_mnist_{{split}}.amat")
+        monkeypatch.setattr(D, "BINARIZED_MNIST_URL", srv.url + "/binarized_mnist_{split}.amat")
         monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path / "cache")); monkeypatch.setenv("LVMKIT_DATA", str(tmp_path / "data"))
         monkeypatch.delenv("LVMKIT_DOWNLOAD", raising=False)
         with pytest.raises(FileNotFoundError):                                   # no download unless asked
@@ -334,4 +333,4 @@ def test_download_from_a_local_server(tmp_path, monkeypatch):
             binarized_mnist("test")
         assert not (tmp_path / "data2" / "binarized_mnist" / "binarized_mnist_test.amat").exists()
     finally:
-        srv.shutdown(); srv.server_close()
+        srv.stop()
