@@ -8,12 +8,13 @@ warning text in the outputs, no console error, no request to another site, every
 sight); and every internal link of the page points to a file that exists.
 """
 from __future__ import annotations
-import functools, http.server, shutil, sys, threading
+import functools, http.server, re, shutil, sys, threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 BAD_TEXT = ("Traceback (most recent call last)", "Warning:", "UserWarning", "DeprecationWarning")
+LOG_LINE = re.compile(r"^[WE]\d{4} \d\d:\d\d:\d\d\.\d+ ", re.M)     # a warning or error line of torch's logging ("W1201 00:49:53.19 ...")
 
 CHECK = r"""async () => {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
@@ -77,7 +78,7 @@ def main(root: Path) -> int:
             if r["state"] and not r["widgets"]: problems.append(f"{rel}: stores widget state but draws no widget")
             if r["hidden"]: problems.append(f"{rel}: at 1280 px, tables cut off on the right: {r['hidden'][:2]}")
             if r["open"]: problems.append(f"{rel}: {r['open']} of {r['drops']} solutions are open")
-            bad = [t for o in r["outs"] for t in BAD_TEXT if t in o]
+            bad = [t for o in r["outs"] for t in BAD_TEXT if t in o] + [m.group(0).strip() for o in r["outs"] for m in LOG_LINE.finditer(o)]
             if bad: problems.append(f"{rel}: outputs contain {sorted(set(bad))}")
             if errors: problems.append(f"{rel}: console errors: {errors[:3]}")
             if remote: problems.append(f"{rel}: requests to other sites: {sorted(set(remote))[:3]}")

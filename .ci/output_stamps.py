@@ -9,28 +9,93 @@ output (a comment, a rename), re-stamp that notebook after checking the output b
     python .ci/output_stamps.py check nbs/*.ipynb        # CI: list every code cell whose stored output is older than its source
     python .ci/output_stamps.py stamp nbs/X.ipynb        # after executing X (done by .ci/execute.py), or after an output-neutral edit
 
-What it does not see: a change in library code that a cell calls (the cell's source is unchanged). CI's nbval run executes every cell
-in quick mode, and compares the outputs that do not depend on the mode (`.ci/nbval_outputs.py`).
+A cell's output also comes from code outside it, so the stamp also holds `metadata.lvmkit.uses`, a digest per piece of code the cell
+calls that draws or defines what it shows: every function or class defined in an earlier cell of the notebook that the cell names
+(and, transitively, those that they name), and every lvmkit function it names that draws (its source uses matplotlib, `make_grid`,
+`save_image` or `imshow`: `show_images`, `image_grid`, `save_samples`) with the lvmkit functions those call. Editing a plotting helper
+two cells up, or `lvmkit.experiments.show_images`, makes the figures drawn with it stale, by name.
+
+What it does not see: a change in the library's models, training or evaluation code (a different number, not a different drawing).
+Those outputs come from recorded runs, whose records carry the commit; CI's nbval run executes every cell in quick mode, and compares
+the outputs that do not depend on the mode (`.ci/nbval_outputs.py`).
 """
 from __future__ import annotations
-import hashlib, json, sys
+import ast, hashlib, importlib, inspect, json, sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's lvmkit, whichever environment runs the check
+DRAWS = ("matplotlib", "make_grid", "save_image", "imshow")     # an lvmkit function whose source holds one of these draws what a cell shows
 
 
 def digest(cell: dict) -> str:
     return hashlib.sha256("".join(cell["source"]).encode()).hexdigest()[:16]
 
 
+def _short(text: str) -> str: return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _parse(src: str) -> ast.Module | None:
+    "The cell's code without IPython's magics and shell lines; None if it is not Python."
+    try: return ast.parse("\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))))
+    except SyntaxError: return None
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _lvmkit_closure(obj, seen: dict) -> None:
+    "obj's source and, transitively, the source of every lvmkit function it calls by a module-level name, into `seen` (qualified name -> digest)."
+    key = f"{obj.__module__}.{obj.__qualname__}"
+    if key in seen: return
+    seen[key] = _short(inspect.getsource(obj))
+    for name in obj.__code__.co_names:
+        f = obj.__globals__.get(name)
+        if inspect.isfunction(f) and f.__module__.startswith("lvmkit"): _lvmkit_closure(f, seen)
+
+
+def uses(nb: dict) -> list[dict]:
+    "For each cell, {name: digest} of the code it calls that is defined outside it (see the module's docstring)."
+    defs: dict[str, tuple[str, set[str]]] = {}         # name -> (its source, the names it uses), the latest definition so far
+    imported: dict[str, tuple[str, str]] = {}          # local name -> (lvmkit module, name)
+    out = []
+    for c in nb["cells"]:
+        if c["cell_type"] != "code": out.append({}); continue
+        src = "".join(c["source"]); tree = _parse(src); found: dict[str, str] = {}
+        if tree is not None:
+            todo, seen = sorted(_names(tree)), set()
+            while todo:                                 # earlier cells' definitions, transitively
+                n = todo.pop()
+                if n in seen or n not in defs: continue
+                seen.add(n); found[n] = _short(defs[n][0]); todo += sorted(defs[n][1] - seen)
+            for n in sorted(_names(tree) | {m for d in seen for m in defs[d][1]}):
+                if n in imported and n not in defs:
+                    mod, attr = imported[n]
+                    try: obj = getattr(importlib.import_module(mod), attr)
+                    except (ImportError, AttributeError): continue
+                    if inspect.isfunction(obj) and any(w in inspect.getsource(obj) for w in DRAWS): _lvmkit_closure(obj, found)
+            for node in tree.body:                      # this cell's own definitions and imports, for the cells after it
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    defs[node.name] = (ast.get_source_segment(src, node) or node.name, _names(node)); imported.pop(node.name, None)
+                elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lvmkit" and not node.level:
+                    for a in node.names: imported[a.asname or a.name] = (node.module, a.name); defs.pop(a.asname or a.name, None)
+        out.append(found)
+    return out
+
+
 def stamp(path: Path) -> int:
     "Stamp every code cell that has outputs with its source's digest, and drop the stamp of cells without outputs; returns the cells stamped."
     nb = json.loads(path.read_text())
     n = 0
-    for c in nb["cells"]:
+    for c, u in zip(nb["cells"], uses(nb)):
         if c["cell_type"] != "code": continue
         meta = c.setdefault("metadata", {})
-        if c.get("outputs"): meta.setdefault("lvmkit", {})["source"] = digest(c); n += 1
+        if c.get("outputs"):
+            m = meta.setdefault("lvmkit", {}); m["source"] = digest(c); n += 1
+            if u: m["uses"] = u
+            else: m.pop("uses", None)
         elif "lvmkit" in meta:
-            meta["lvmkit"].pop("source", None)
+            meta["lvmkit"].pop("source", None); meta["lvmkit"].pop("uses", None)
             if not meta["lvmkit"]: del meta["lvmkit"]
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return n
@@ -39,12 +104,15 @@ def stamp(path: Path) -> int:
 def stale(path: Path) -> list[str]:
     "One line per code cell whose stored outputs do not come from its current source."
     nb, out = json.loads(path.read_text()), []
-    for i, c in enumerate(nb["cells"]):
+    for i, (c, now) in enumerate(zip(nb["cells"], uses(nb))):
         if c["cell_type"] != "code" or not c.get("outputs"): continue
-        s = c.get("metadata", {}).get("lvmkit", {}).get("source")
-        if s != digest(c):
+        m = c.get("metadata", {}).get("lvmkit", {})
+        s, then = m.get("source"), m.get("uses", {})
+        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+        if s != digest(c) or changed:
             first = next((l.strip() for l in "".join(c["source"]).splitlines() if l.strip()), "")[:70]
-            why = "no stamp" if s is None else "the source changed after the outputs were stored"
+            why = ("no stamp" if s is None else "the source changed after the outputs were stored" if s != digest(c) else
+                   f"code it calls changed after the outputs were stored ({', '.join(changed[:4])})")
             out.append(f"{path} cell {i} (id {c.get('id')}): {why}: {first}")
     return out
 
@@ -62,7 +130,7 @@ def main(argv: list[str]) -> int:
         print(f"{len(bad)} of {n} code cells with stored outputs are stale. Re-execute the notebook (python .ci/execute.py NB), "
               "or, after checking that an edit cannot change the output, re-stamp it (python .ci/output_stamps.py stamp NB).")
         return 1
-    print(f"output stamps: all {n} code cells with stored outputs in {len(paths)} notebooks match their sources")
+    print(f"output stamps: all {n} code cells with stored outputs in {len(paths)} notebooks match their sources and the code they call")
     return 0
 
 

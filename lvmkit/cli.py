@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model's importance weights: faster for long evaluations, after a compile of about a minute on a CPU "
                         "(default: the run's recorded setting)")
+    e.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for the network passes: faster on CPUs and GPUs with bf16 units, a slightly different estimate "
+                        "(default: the run's recorded setting)")
     e.add_argument("--device")
     e.add_argument("--no-ema", action="store_true", help="use the raw weights even if the checkpoint has EMA weights")
     e.add_argument("--seed", type=int, default=0, help="random seed of the importance samples (default 0: the same call gives the same number)")
@@ -138,11 +141,12 @@ def _eval(a: argparse.Namespace) -> dict:
     seed_everything(a.seed)                                                 # the same call gives the same number
     max_bytes = _size(a.max_memory) if a.max_memory else None
     compile = recorded.get("compile", False) if a.compile is None else a.compile
+    amp = recorded.get("amp", False) if a.amp is None else a.amp
     r = evaluate(model, data, k=a.iw, batch_size=batch_size, device=device, progress=not a.no_progress, max_elements=max_elements, max_bytes=max_bytes,
-                 compile=compile, state=a.state, max_time_s=a.max_time, tag={"seed": a.seed})   # a state saved with another seed is not resumed
+                 compile=compile, state=a.state, max_time_s=a.max_time, tag={"seed": a.seed}, amp=amp)   # a state saved with another seed is not resumed
     if not r["finished"]: r["stopped"] = f"IW-{a.iw} evaluation stopped by --max-time after {r['n']} of {len(data)} examples; saved in {a.state}: run the same command to resume"
     return dict(checkpoint=str(path), model=getattr(model, "spec", None), dataset=dataset, split=a.split,
-                batch_size=batch_size, max_elements=max_elements, max_bytes=max_bytes, compile=compile, seed=a.seed, **r)
+                batch_size=batch_size, max_elements=max_elements, max_bytes=max_bytes, compile=compile, seed=a.seed, **{"amp": amp, **r})
 
 def _export(a: argparse.Namespace) -> dict:
     from lvmkit.pretrained import export_pretrained

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #58417f7e
 from __future__ import annotations
-import os, random, platform, secrets, subprocess, inspect
+import os, random, logging, platform, secrets, subprocess, inspect
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 import numpy as np
@@ -30,6 +30,14 @@ def default_device() -> torch.device:
 def seed_everything(seed: int) -> None:
     "Seed Python, NumPy and torch (all devices) so a run can be repeated."
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #b12d7925
+class _NoCudaRuntimeNotice(logging.Filter):
+    "Drops the notice a CUDA build of torch logs when torch.compile builds CPU code on a machine without a GPU."
+    def filter(self, record: logging.LogRecord) -> bool: return "No CUDA runtime is found" not in record.getMessage()
+
+if not any(isinstance(f, _NoCudaRuntimeNotice) for f in logging.getLogger("torch.utils.cpp_extension").filters):
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntimeNotice())
 
 # %% ../nbs/00_core.ipynb #ebfb3570
 def describe_hardware(device: torch.device | str | None = None) -> str:

@@ -56,6 +56,7 @@ class Evaluation:
     batch_size: int = 500                       # test images per importance-weighted batch (lower it for large decoders)
     max_elements: int = 2**25                   # bound on (samples x images x pixels) per network pass: lower it for wide conv nets
     compile: bool = False                       # torch.compile the model's log_weights (full mode only: it pays off when an evaluation takes minutes)
+    amp: bool = False                           # bf16 autocast for the network passes of the evaluation (the records' protocol says so)
     sample_noise: bool = False                  # samples.png shows decoder means (False) or draws (True: autoregressive decoders)
     monitor_n: int = 500                        # examples (validation split, else training) for a model's `monitor(x)` diagnostics
 
@@ -180,12 +181,12 @@ def _evaluate_and_record(model: nn.Module, exp: Experiment, name: str, test: Dat
     for k in ks:
         left = None if max_time_s is None else max(0.0, max_time_s - (time.monotonic() - t0))
         evals[k] = evaluate(model, test, k=k, batch_size=ev.batch_size, device=device, progress=progress, max_elements=ev.max_elements,
-                            compile=ev.compile, state=run_dir / f"eval-{name}-iw{k}.json", max_time_s=left)
+                            compile=ev.compile, state=run_dir / f"eval-{name}-iw{k}.json", max_time_s=left, amp=ev.amp)
         if not evals[k]["finished"]: return evals, None
     suffix = (" (quick: {n} evenly spread test examples)" if quick_mode else " ({n} evenly spread test examples)" if exp.data.test_n is not None else "")
     records = [ResultRecord.from_run(
         run_device=device, name=name if i == 0 else f"{name}-iw{k}", model=config.get("model", exp.model), dataset=exp.data.dataset,
-        protocol=exp.data.protocol + suffix.format(n=r["n"]), split=exp.data.test_split, metric="nll_nats", value=r["nll"], k=k,
+        protocol=exp.data.protocol + suffix.format(n=r["n"]) + ("; evaluated under bf16 autocast" if ev.amp else ""), split=exp.data.test_split, metric="nll_nats", value=r["nll"], k=k,
         test_n=r["n"], test_elbo=r["elbo"], bpd=r["bpd"], steps=steps, wall_time_s=train_time_s, train_examples_per_s=examples_per_s,
         eval_time_s=r["seconds"], mode="quick" if quick_mode else "full", notes=exp.description, config=config, reference=exp.reference)
         for i, (k, r) in enumerate(evals.items())]

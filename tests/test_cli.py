@@ -149,6 +149,10 @@ def test_eval_uses_the_runs_recorded_evaluation_settings(tmp_path, capsys):
     r2 = json.loads(capsys.readouterr().out)
     assert (r2["batch_size"], r2["compile"]) == (20, False)
     assert abs(r2["nll"] - r["nll"]) < 5.0                       # compiled and eager: the same estimate up to IW-4 noise on 20 digits
+    assert r["amp"] is False and r2["amp"] is False              # the recipe's setting: float32
+    assert main(["eval", str(tmp_path / "run" / "best.pt"), "--iw", "4", "--n", "20", "--no-progress", "--no-compile", "--amp"]) == 0
+    r3 = json.loads(capsys.readouterr().out)
+    assert r3["amp"] is True and r3["nll"] != r2["nll"] and abs(r3["nll"] - r2["nll"]) < 1.0   # bf16: another estimate, a close one
 
 
 def test_output_folders_are_checked_before_training(tmp_path, capsys, monkeypatch):

@@ -64,6 +64,18 @@ def test_compiled_matches_eager_on_a_conv_hierarchy():
     assert r["n"] == 6 and r["elbo"] < -r["nll"]
 
 
+def test_bf16_autocast_estimate_is_float32_and_close_to_the_float32_one():
+    "amp=True runs the network in bf16 (the estimate changes) and keeps the log-weights float32: close to float32 with the same draws."
+    m, x = _small_lvae()
+    torch.manual_seed(2); ll32, e32 = iw_log_likelihood(m, x, k=64, chunk_size=16)
+    torch.manual_seed(2); ll16, e16 = iw_log_likelihood(m, x, k=64, chunk_size=16, amp=True)
+    assert ll16.dtype == e16.dtype == torch.float32 and torch.isfinite(ll16).all() and torch.isfinite(e16).all()
+    assert not torch.equal(ll16, ll32)                                                # bf16 really ran
+    assert ((ll16 - ll32).abs() < 2e-3 * ll32.abs()).all(), (ll16, ll32)
+    torch.manual_seed(2); r = evaluate(m, x, k=64, batch_size=6, progress=False, max_elements=6 * 784 * 16, amp=True)
+    assert r["amp"] is True and abs(r["nll"] + ll16.mean().item()) < 1e-4
+
+
 def test_bad_input_raises_its_own_error_under_compile():
     m, x = _small_lvae()
     with pytest.raises(ValueError, match="1-channel"):

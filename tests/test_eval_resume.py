@@ -38,7 +38,7 @@ def test_without_restoring_the_generator_the_numbers_differ(setup, tmp_path, mon
     r, _ = _resumed(lg, x, tmp_path / "s.json", k=50, batch_size=40)
     assert r["nll"] != whole["nll"]
 
-@pytest.mark.parametrize("change", ["weights", "data", "k", "batch_size", "tag"])
+@pytest.mark.parametrize("change", ["weights", "data", "k", "batch_size", "tag", "amp"])
 def test_a_state_for_another_evaluation_is_not_mixed_in(setup, tmp_path, change):
     lg, x = setup
     path = tmp_path / "s.json"
@@ -49,6 +49,7 @@ def test_a_state_for_another_evaluation_is_not_mixed_in(setup, tmp_path, change)
     if change == "data": x = x + 0.01
     if change in ("k", "batch_size"): kw[change] += 1
     if change == "tag": kw["tag"] = {"seed": 1}
+    if change == "amp": kw["amp"] = True                                              # bf16 numbers are not float32 numbers
     torch.manual_seed(1); fresh = evaluate(lg, x, progress=False, **kw)
     with pytest.warns(RuntimeWarning, match=f"another evaluation.*{change}"):
         torch.manual_seed(1); r = evaluate(lg, x, progress=False, state=path, **kw)

@@ -51,3 +51,40 @@ def test_repository_notebooks_have_no_stale_outputs():
     r = subprocess.run([sys.executable, str(ROOT / ".ci" / "output_stamps.py"), "check", *map(str, sorted((ROOT / "nbs").glob("*.ipynb")))],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_a_helper_edited_in_an_earlier_cell_makes_the_outputs_drawn_with_it_stale(tmp_path):
+    "The stamp covers the functions a cell calls that earlier cells define, transitively, and names the one that changed."
+    cells = [_code("def g(x):\n    return x + 1\n", None), _code("def f(x):\n    return 2 * g(x)\n", None),
+             _code("print(f(1))", "4\n"), _code("print(len('f'))", "1\n")]
+    p = _nb(tmp_path / "c.ipynb", cells)
+    stamps.stamp(p)
+    nb = json.loads(p.read_text())
+    assert set(nb["cells"][2]["metadata"]["lvmkit"]["uses"]) == {"f", "g"} and "uses" not in nb["cells"][3]["metadata"]["lvmkit"]
+    assert stamps.stale(p) == []
+    nb["cells"][0]["source"] = ["def g(x):\n    return x + 2\n"]                     # the helper of the helper, edited
+    p.write_text(json.dumps(nb))
+    (line,) = stamps.stale(p)
+    assert "cell 2" in line and "code it calls changed" in line and "(g)" in line
+    stamps.stamp(p); assert stamps.stale(p) == []                                     # re-executed (stamped): current again
+
+
+def test_lvmkit_drawing_functions_a_cell_names_are_in_its_stamp(tmp_path):
+    "show_images draws (and calls image_grid): a change to either makes the figure stale; a function that computes a number does not count."
+    cells = [_code("from lvmkit.experiments import show_images\nfrom lvmkit.objectives import bits_per_dim\n", None),
+             _code("show_images(x, 8)", "<Figure>"), _code("print(bits_per_dim(1.0, 784))", "0.00184\n")]
+    p = _nb(tmp_path / "d.ipynb", cells)
+    stamps.stamp(p)
+    nb = json.loads(p.read_text())
+    assert set(nb["cells"][1]["metadata"]["lvmkit"]["uses"]) == {"lvmkit.experiments.show_images", "lvmkit.experiments.image_grid"}
+    assert "uses" not in nb["cells"][2]["metadata"]["lvmkit"]
+    nb["cells"][1]["metadata"]["lvmkit"]["uses"]["lvmkit.experiments.image_grid"] = "0" * 12   # as if stamped before image_grid changed
+    p.write_text(json.dumps(nb))
+    (line,) = stamps.stale(p)
+    assert "cell 1" in line and "lvmkit.experiments.image_grid" in line
+
+
+def test_magics_and_shell_lines_do_not_break_the_stamp(tmp_path):
+    p = _nb(tmp_path / "e.ipynb", [_code("def f():\n    return 1\n", None), _code("%matplotlib inline\n!echo hi\nprint(f())", "1\n")])
+    stamps.stamp(p)
+    assert set(json.loads(p.read_text())["cells"][1]["metadata"]["lvmkit"]["uses"]) == {"f"}

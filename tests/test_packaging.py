@@ -36,6 +36,19 @@ def test_the_wheel_metadata_is_complete_and_the_version_has_one_source(wheel):
     assert "lvmkit = lvmkit.cli:main" in z.read(next(n for n in z.namelist() if n.endswith("entry_points.txt"))).decode()
 
 
+def test_torch_and_torchvision_have_lower_bounds_that_this_environment_meets(wheel):
+    "A lower bound (torch 2.4: fused Adam on the CPU), and the environment the tests run in satisfies every requirement."
+    from importlib.metadata import version
+    from packaging.requirements import Requirement
+    z = zipfile.ZipFile(wheel)
+    meta = email.message_from_string(z.read(next(n for n in z.namelist() if n.endswith("METADATA"))).decode())
+    reqs = {r.name: r for r in map(Requirement, meta.get_all("Requires-Dist")) if not r.marker}
+    assert any(s.operator == ">=" for s in reqs["torch"].specifier) and any(s.operator == ">=" for s in reqs["torchvision"].specifier)
+    assert reqs["torch"].specifier.contains("2.4.0") and not reqs["torch"].specifier.contains("2.3.1")
+    for name, r in reqs.items():
+        assert r.specifier.contains(version(name).split("+")[0], prereleases=True), f"installed {name} {version(name)} does not meet {r}"
+
+
 def test_version_flag(capsys):
     from lvmkit import __version__
     from lvmkit.cli import main

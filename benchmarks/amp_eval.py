@@ -1,0 +1,82 @@
+"""Importance-weighted evaluation in float32 and under bf16 autocast, on trained runs: time and the difference of the estimates.
+
+    python benchmarks/amp_eval.py --runs runs --cases lvae-mnist-cpu:200 vae-mlp:1000
+    python benchmarks/bench.py --page          # shows the newest record on the book's Performance page
+
+For each run folder (RUN:N), its last weights (EMA where the run kept them) are evaluated on N test images spread evenly over the split,
+with the recipe's K (the first of its Evaluation.k), batch size and chunking, compiled as the recipe's full-mode evaluation is, twice:
+in float32 and with `amp=True`. Both passes use the same seed, so they draw the same noise (autocast does not change the random
+stream) and the per-image difference is paired: its mean and standard error over the N images say whether bf16 moved the bound
+beyond the noise of the difference. Time per 1000 images is from a second, timed pass of each (the first pass compiles). Unlike speed,
+the difference depends on the trained weights, which is why this runs on run folders and bench.py runs on initial weights.
+Nothing else should run on the machine while it measures. Not part of CI.
+"""
+from __future__ import annotations
+import argparse, json, platform, sys, time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def measure(run: Path, n: int) -> dict:
+    import torch
+    sys.path.insert(0, str(ROOT))
+    import lvmkit.recipes  # noqa: F401  (registers the experiments)
+    from lvmkit.checkpoint import load_model
+    from lvmkit.experiments import get_dataset, get_experiment, _subset
+    from lvmkit.objectives import iw_log_likelihood
+    exp = get_experiment(run.name)
+    ev = exp.evaluation
+    model = load_model(run / "last.pt").eval()
+    test = _subset(get_dataset(exp.data.dataset, exp.data.test_split), n)
+    x_all = torch.stack([test[i][0] for i in range(len(test))])
+    k = ev.k[0]
+
+    def one(amp: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
+        torch.manual_seed(0); t = time.perf_counter(); lls, elbos = [], []
+        for x in x_all.split(ev.batch_size):
+            ll, elbo = iw_log_likelihood(model, x, k=k, max_elements=ev.max_elements, compile=True, amp=amp)
+            lls.append(ll); elbos.append(elbo)
+        return torch.cat(lls).double(), torch.cat(elbos).double(), time.perf_counter() - t
+
+    out = {}
+    for amp in (False, True):
+        one(amp)                                                          # compiles (and warms up) this precision's code
+        ll, elbo, s = one(amp)
+        out["bf16" if amp else "fp32"] = (ll, elbo, s)
+    (l32, e32, s32), (l16, e16, s16) = out["fp32"], out["bf16"]
+    d, de = l16 - l32, e16 - e32                                          # per image: bf16 minus float32 (log-likelihoods)
+    return dict(run=run.name, n=len(x_all), k=k, batch_size=ev.batch_size, max_elements=ev.max_elements,
+                fp32_s_per_1000=s32 * 1000 / len(x_all), bf16_s_per_1000=s16 * 1000 / len(x_all), speedup=s32 / s16,
+                nll_fp32=-l32.mean().item(), nll_bf16=-l16.mean().item(),
+                nll_diff=-d.mean().item(), nll_diff_se=(d.std() / len(d) ** 0.5).item(),
+                elbo_fp32=e32.mean().item(), elbo_diff=de.mean().item(), elbo_diff_se=(de.std() / len(de) ** 0.5).item())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="runs", help="the folder that holds the run folders")
+    ap.add_argument("--cases", nargs="+", required=True, help="RUN:N, the run folder's name (its recipe's name) and the test images")
+    a = ap.parse_args()
+    import torch
+    sys.path.insert(0, str(ROOT))
+    from lvmkit.core import describe_hardware, git_commit
+    cases = []
+    for c in a.cases:
+        name, n = c.split(":")
+        r = measure(Path(a.runs) / name, int(n)); cases.append(r)
+        print(json.dumps(r), flush=True)
+    rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware("cpu"), threads=torch.get_num_threads(),
+               torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT),
+               command="python benchmarks/amp_eval.py --cases " + " ".join(a.cases), cases=cases)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"amp-{rec['date'][:10]}-{rec['commit']}.json"
+    out.write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
