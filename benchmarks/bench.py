@@ -79,6 +79,11 @@ def measure(name: str, steps: int, n_eval: int) -> dict:
                 peak_memory_mb=peak, memory="CUDA allocator peak" if dev.type == "cuda" else "peak RSS of the process")
 
 
+def _machine(rec: dict, commit: str = "commit") -> str:
+    "The line that says where and how a record was measured: machine, threads, torch, commit, date and the command."
+    return (f"**Machine:** {rec['hardware']} ({rec['threads']} torch threads); torch {rec['torch']}; {commit} `{rec['commit']}`; "
+            f"{rec['date'][:16]} UTC; command: `{rec['command']}`.")
+
 def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] | None = None) -> str:
     """The Markdown of book/performance.md from the newest record, the newest side-by-side with the seeds (benchmarks/seeds.py), and the
     newest float32-against-bf16 evaluation of trained runs (benchmarks/amp_eval.py)."""
@@ -134,8 +139,7 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
     if not amp: lines += ["No bf16 evaluation has been recorded yet.", ""]
     else:
         rec = json.loads(amp[-1].read_text())
-        lines += [f"**Machine:** {rec['hardware']} ({rec['threads']} torch threads); torch {rec['torch']}; commit `{rec['commit']}`; {rec['date'][:16]} UTC; "
-                  f"command: `{rec['command']}`.", "",
+        lines += [_machine(rec), "",
                   "| run | test images | K | float32, per 1000 images | bf16 | speed-up | NLL, float32 | bf16 − float32 (± s.e.) | ELBO: bf16 − float32 (± s.e.) |",
                   "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
         for c in rec["cases"]:
@@ -150,8 +154,7 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
     if not seeds: lines += ["No side-by-side has been recorded yet.", ""]
     else:
         rec = json.loads(seeds[-1].read_text())
-        lines += [f"**Machine:** {rec['hardware']} ({rec['threads']} torch threads); torch {rec['torch']}; lvmkit commit `{rec['commit']}`; {rec['date'][:16]} UTC; "
-                  f"command: `{rec['command']}`.", ""]
+        lines += [_machine(rec, "lvmkit commit"), ""]
         for c in rec["cases"]:
             base = next((s["examples_per_s"] for s in c["sides"] if s.get("side") == "seed" and "error" not in s), None)
             lines += [f"**{c['what']}**", "", "| code | parameters | training (examples/s) | ms per step | vs the seed |", "|---|--:|--:|--:|--:|"]
