@@ -55,22 +55,31 @@ def measure(run: Path, n: int) -> dict:
                 elbo_fp32=e32.mean().item(), elbo_diff=de.mean().item(), elbo_diff_se=(de.std() / len(de) ** 0.5).item())
 
 
+def parse_case(case: str) -> tuple[str, int]:
+    "'RUN:N' -> (RUN, N), with an error that names the malformed case."
+    name, sep, n = case.rpartition(":")
+    if not sep or not name or not n.isdigit() or int(n) < 1:
+        raise argparse.ArgumentTypeError(f"{case!r}: expected RUN:N, a run folder's name and a positive number of test images (e.g. vae-mlp:1000)")
+    return name, int(n)
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs", help="the folder that holds the run folders")
-    ap.add_argument("--cases", nargs="+", required=True, help="RUN:N, the run folder's name (its recipe's name) and the test images")
+    ap.add_argument("--cases", nargs="+", required=True, type=parse_case, help="RUN:N, the run folder's name (its recipe's name) and the test images")
     a = ap.parse_args()
     import torch
     sys.path.insert(0, str(ROOT))
     from lvmkit.core import describe_hardware, git_commit
+    missing = [name for name, _ in a.cases if not (Path(a.runs) / name / "last.pt").is_file()]
+    if missing: ap.error(f"no checkpoint {', '.join(str(Path(a.runs) / m / 'last.pt') for m in missing)}: train the run first "
+                         f"(lvmkit train NAME --runs {a.runs}) or point --runs at the folder that holds it")
     cases = []
-    for c in a.cases:
-        name, n = c.split(":")
-        r = measure(Path(a.runs) / name, int(n)); cases.append(r)
+    for name, n in a.cases:
+        r = measure(Path(a.runs) / name, n); cases.append(r)
         print(json.dumps(r), flush=True)
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware("cpu"), threads=torch.get_num_threads(),
                torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT),
-               command="python benchmarks/amp_eval.py --cases " + " ".join(a.cases), cases=cases)
+               command=f"python benchmarks/amp_eval.py --runs {a.runs} --cases " + " ".join(f"{name}:{n}" for name, n in a.cases), cases=cases)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"amp-{rec['date'][:10]}-{rec['commit']}.json"
     out.write_text(json.dumps(rec, indent=1) + "\n")

@@ -15,7 +15,9 @@ iaf: the loop of train_variational_autoencoder_pytorch.py, a one-sample ELBO sum
 vqvae and pixelcnn: the `train` loop of vq_vae.py and of vq_vae_gated_pixelcnn_prior.py, its loss, backward, Adam and the `loss.item()`
 it records). lvmkit's: the recipe's objective through `LossModule` (stage 2: minus log p(codes), as `fit_prior` trains it), backward and
 the recipe's optimiser, eager and with `TrainConfig(compile=True)` (torch.compile; its compile time is reported separately and excluded
-from the rate). Data loading is excluded on both sides: one fixed batch of real data (binarized MNIST, or CIFAR-10 with each side's own
+from the rate), each in float32 and under bf16 autocast (`TrainConfig(amp=True)`, `lvmkit train NAME --amp`: the forward pass in bf16
+where autocast chooses it, weights, gradients and optimiser state in float32). The seeds train in float32. A speed-up under bf16 counts
+only with a full bf16 run whose bound matches the float32 record (the Performance page shows that check). Data loading is excluded on both sides: one fixed batch of real data (binarized MNIST, or CIFAR-10 with each side's own
 preprocessing of it done once beforehand, as each loads its data: henrhoi's dequantized logits, lvmkit's 8-bit pixels, lvmkit's codes for
 its prior). henrhoi's code calls .cuda(): in its process that is made a no-op, so that it runs on the CPU, unchanged. The JSON record
 gives each side's parameter count, batch and optimiser, and each case's description says where the configurations differ. Nothing else
@@ -30,7 +32,7 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SIDES = ("seed", "eager", "compiled")
+SIDES = ("seed", "eager", "compiled", "eager-bf16", "compiled-bf16")   # lvmkit in float32, and under bf16 autocast (TrainConfig(amp=True))
 # the seeds' checkouts: option -> (repository, placeholder in the recorded command)
 SOURCES = {"lvae_src": ("addtt/ladder-vae-pytorch", "LADDER_VAE"), "boilr_src": ("addtt/boiler-pytorch", "BOILR"),
            "altosaar_src": ("altosaar/variational-autoencoder", "ALTOSAAR_VAE"), "henrhoi_src": ("henrhoi/vae-pytorch", "HENRHOI_VAE")}
@@ -191,7 +193,7 @@ def run_seed(case: str, src: dict, batch: int | None, steps: int, warmup: int) -
                 warmup_s=first)
 
 
-def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: int) -> dict:
+def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: int, amp: bool = False) -> dict:
     import torch
     sys.path.insert(0, str(ROOT))
     import lvmkit.recipes  # noqa: F401
@@ -216,10 +218,11 @@ def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: 
     opt = make_optimizer(list(model.parameters()), train, torch.device("cpu"))
     model.train()
     def step(i):
-        loss, _ = module(x, i)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):  # as train_step runs the forward pass with TrainConfig(amp=True)
+            loss, _ = module(x, i)
+        opt.zero_grad(set_to_none=True); loss.float().backward(); opt.step()
     first, dt = _time(step, steps, warmup)
-    return dict(side="lvmkit compiled" if compile else "lvmkit", params=_count(model.parameters()), batch=n, optimizer=_optimizer(opt),
+    return dict(side=("lvmkit compiled" if compile else "lvmkit") + (" bf16" if amp else ""), params=_count(model.parameters()), batch=n, optimizer=_optimizer(opt),
                 examples_per_s=steps * n / dt, ms_per_step=1000 * dt / steps, warmup_s=first)
 
 
@@ -241,7 +244,7 @@ def main() -> int:
     src = {k: getattr(a, k) for k in SOURCES}
     if a.side:                                                           # one side of one case, in this (fresh) process
         r = run_seed(a.case, src, a.batch, a.steps, a.warmup) if a.side == "seed" else \
-            run_lvmkit(a.case, a.side == "compiled", a.batch, a.steps, a.warmup)
+            run_lvmkit(a.case, a.side.startswith("compiled"), a.batch, a.steps, a.warmup, amp=a.side.endswith("bf16"))
         print(json.dumps(r)); return 0
     missing = {f"--{k.replace('_', '-')}" for c in a.cases for k in CASES[c].sources if "seed" in a.sides and not src[k]}
     if missing: ap.error(f"the seed side of {', '.join(a.cases)} needs {' and '.join(sorted(missing))} (see --help for the checkouts)")

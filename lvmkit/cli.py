@@ -5,6 +5,7 @@
 # %% ../nbs/90_cli.ipynb #b82e3778
 from __future__ import annotations
 import argparse, json, math, os, sys
+from dataclasses import replace
 from pathlib import Path
 import torch
 from . import __version__
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--results-dir", help="also write the results record(s) here, e.g. book/results")
     t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: best available)")
     t.add_argument("--max-time", type=float, help="stop after this many seconds of training and evaluation, both saved; rerun to resume")
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="train under bf16 autocast (--amp) or in float32 (--no-amp) instead of the recipe's setting (default: bf16 on CUDA only); "
+                        "the run is then named NAME-bf16 or NAME-fp32 (its run folder and records), so it never mixes with the recipe's run")
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run folder")
     t.add_argument("--pretrained", action="store_true", help="do not train: download the experiment's released weights into the run folder, "
                                                              "then evaluate and record them (also LVMKIT_PRETRAINED=1; see lvmkit.pretrained)")
@@ -110,6 +114,9 @@ def _size(text: str) -> int:
 def _train(a: argparse.Namespace) -> dict:
     _positive("--max-time", a.max_time)
     exp = get_experiment(a.experiment)
+    if a.amp is not None:                # a precision other than the recipe's is another experiment: its own name, folder and records
+        exp = replace(exp, name=f"{exp.name}-{'bf16' if a.amp else 'fp32'}", train=replace(exp.train, amp=a.amp),
+                      description=f"{exp.description}; trained {'under bf16 autocast' if a.amp else 'in float32'} (lvmkit train --{'' if a.amp else 'no-'}amp)")
     init_distributed()   # under torchrun: join the process group, so fit trains data-parallel; a no-op otherwise
     return run_experiment(exp, quick_mode=True if a.quick else None, data_root=a.data, run_dir=a.out,
                           results_dir=a.results_dir, device=_device(a.device), progress=not a.no_progress,

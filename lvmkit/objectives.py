@@ -278,6 +278,11 @@ def evaluate(model: nn.Module, data: Dataset | Tensor, k: int = 1000, batch_size
     device = torch.device(device) if device is not None else next(model.parameters()).device
     settings = dict(k=k, batch_size=batch_size, max_elements=max_elements, max_bytes=max_bytes, compile=compile)
     if amp: settings["amp"] = True                                   # in the fingerprint only when on: float32 states stay valid
+    if tag is not None:
+        if not isinstance(tag, dict): raise TypeError(f"evaluate: tag must be a dict such as {{'seed': 1}}, got {type(tag).__name__}")
+        try: json.dumps(tag)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"evaluate: tag {tag!r} must hold JSON values (numbers, strings, lists, dicts), as it enters the state's fingerprint: {e}") from None
     if tag: settings["tag"] = {str(key): v for key, v in tag.items()}
     p = EvalProgress.resume(state, model, data, settings, device) if state is not None else EvalProgress()
     was_training = model.training; model.eval()

@@ -228,3 +228,14 @@ def test_download_flag_fetches_missing_data_and_the_error_says_so(tmp_path, caps
         assert "LVMKIT_DOWNLOAD" not in os.environ                                          # the process is left as it was
     finally:
         srv.stop()
+
+
+def test_train_amp_is_its_own_run_and_says_so(tmp_path, capsys):
+    "--amp trains under bf16 autocast as an experiment of its own: NAME-bf16, its folder, and records whose protocol says how it was trained."
+    assert main(["train", "vae", "--quick", "--amp", "--no-progress", "--out", str(tmp_path / "run"), "--results-dir", str(tmp_path / "res")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["finished"] and summary["name"] == "vae-mlp-bf16-quick"
+    exp = json.loads((tmp_path / "run" / "experiment.json").read_text())
+    assert exp["train"]["amp"] is True and "lvmkit train --amp" in exp["description"]
+    rec = json.loads((tmp_path / "res" / "vae-mlp-bf16-quick.json").read_text())
+    assert "trained under bf16 autocast" in rec["protocol"] and "evaluated under" not in rec["protocol"]

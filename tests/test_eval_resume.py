@@ -133,3 +133,14 @@ def test_cli_eval_with_another_seed_does_not_resume_the_state(tmp_path, capsys):
         assert main(args + state + ["--seed", "1"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["nll"] == seed1["nll"] and r["seed"] == 1
+
+
+@pytest.mark.parametrize("tag, what", [({"seed": torch.tensor(1)}, "must hold JSON values"), ({"x": float("nan")}, None), (["seed", 1], "must be a dict")])
+def test_a_tag_that_cannot_enter_the_fingerprint_is_named(setup, tmp_path, tag, what):
+    lg, x = setup
+    if what is None:                                   # json writes NaN (as the states do): accepted, and a state resumes under it
+        r = evaluate(lg, x, k=5, batch_size=40, progress=False, state=tmp_path / "s.json", tag=tag)
+        assert r["finished"]; return
+    with pytest.raises(TypeError, match=f"evaluate: tag .*{what}"):
+        evaluate(lg, x, k=5, batch_size=40, progress=False, state=tmp_path / "s.json", tag=tag)
+    assert not (tmp_path / "s.json").exists()

@@ -1,0 +1,71 @@
+"The benchmark scripts' own logic (not their measurements, which are not part of CI): argument checks and the Performance page."
+import importlib.util, json, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_amp_eval_parses_cases_and_names_a_malformed_one():
+    amp = _load("amp_eval")
+    assert amp.parse_case("lvae-mnist-cpu:200") == ("lvae-mnist-cpu", 200)
+    for bad in ("vae-mlp", "vae-mlp:", ":10", "vae-mlp:0", "vae-mlp:ten"):
+        with pytest.raises(Exception, match="expected RUN:N"):
+            amp.parse_case(bad)
+
+
+def test_amp_eval_refuses_a_missing_checkpoint_before_measuring(tmp_path, monkeypatch, capsys):
+    amp = _load("amp_eval")
+    monkeypatch.setattr(amp, "measure", lambda *a: pytest.fail("measured although the checkpoint is missing"))
+    monkeypatch.setattr(sys, "argv", ["amp_eval.py", "--runs", str(tmp_path), "--cases", "vae-mlp:10"])
+    with pytest.raises(SystemExit):
+        amp.main()
+    assert f"no checkpoint {tmp_path / 'vae-mlp' / 'last.pt'}" in capsys.readouterr().err
+
+
+def test_performance_page_says_once_per_section_where_each_record_was_measured(tmp_path):
+    bench = _load("bench")
+    base = dict(date="2026-12-01T05:00:00+00:00", hardware="2-core CPU", threads=2, torch="2.14.1", python="3.11.7")
+    amp = tmp_path / "amp-x.json"
+    amp.write_text(json.dumps(dict(base, commit="aaaaaaa", command="python benchmarks/amp_eval.py --runs runs --cases vae-mlp:10",
+                                   cases=[dict(run="vae-mlp", n=10, k=1000, fp32_s_per_1000=100., bf16_s_per_1000=50., speedup=2.,
+                                               nll_fp32=88., nll_diff=.001, nll_diff_se=.002, elbo_diff=0., elbo_diff_se=.01)])))
+    seeds = tmp_path / "seeds-x.json"
+    seeds.write_text(json.dumps(dict(base, commit="bbbbbbb", command="python benchmarks/seeds.py", cases=[])))
+    text = bench.page([], [seeds], [amp])
+    machine = [line for line in text.splitlines() if line.startswith("**Machine:**")]
+    assert len(machine) == 2, machine
+    assert "commit `aaaaaaa`" in machine[0] and "--runs runs --cases vae-mlp:10" in machine[0]
+    assert "lvmkit commit `bbbbbbb`" in machine[1]
+    assert "| `vae-mlp` | 10 | 1,000 | 100 s | 50 s | 2.00x |" in text
+
+
+def _rec(k, value, **kw):
+    return dict(dict(k=k, value=value, test_n=10000, test_elbo=-100.0, steps=65000, train_examples_per_s=20000.0, wall_time_s=416.0,
+                     commit="ccccccc", device="2-core CPU", date="2026-12-01T06:00:00"), **kw)
+
+
+def test_amp_train_compares_each_k_both_runs_have_and_the_page_shows_it(tmp_path):
+    amp_train, bench = _load("amp_train"), _load("bench")
+    fp32 = {128: _rec(128, 96.89), 1000: _rec(1000, 95.99)}
+    bf16 = {128: _rec(128, 96.95, test_elbo=-100.2, train_examples_per_s=30000.0, commit="ddddddd"), 100: _rec(100, 97.0)}
+    c = amp_train.compare(fp32, bf16)
+    assert list(c["nll"]) == [128] and c["nll"][128] == dict(fp32=96.89, bf16=96.95, test_n=10000)
+    assert c["train_examples_per_s"] == dict(fp32=20000.0, bf16=30000.0) and c["fp32_record"]["commit"] == "ccccccc"
+    with pytest.raises(ValueError, match="no K in common"):
+        amp_train.compare({1000: fp32[1000]}, {128: bf16[128]})
+    (tmp_path / "vae-seed-meanfield.json").write_text(json.dumps(fp32[128]))
+    (tmp_path / "vae-seed-meanfield-iw1000.json").write_text(json.dumps(fp32[1000]))
+    assert sorted(amp_train.records(tmp_path, "vae-seed-meanfield")) == [128, 1000]
+    p = tmp_path / "amp-train-x.json"
+    p.write_text(json.dumps(dict(c, recipe="vae-seed-meanfield", date="2026-12-01T07:00:00+00:00", commit="ddddddd", hardware="2-core CPU",
+                                 threads=2, torch="2.14.1", command="python benchmarks/amp_train.py vae-seed-meanfield")))
+    text = bench.page([], [], [], [p])
+    assert "| `vae-seed-meanfield` | 128 | 10,000 | 96.89 | 96.95 | +0.06 | 100.00 | 100.20 | 20,000 | 30,000 | 1.50x |" in text
+    assert "python benchmarks/amp_train.py vae-seed-meanfield" in text
