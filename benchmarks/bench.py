@@ -172,9 +172,18 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
               "fixed batch of real data, each side in a fresh process.", ""]
     if not seeds: lines += ["No side-by-side has been recorded yet.", ""]
     else:
-        rec = json.loads(seeds[-1].read_text())
-        lines += [_machine(rec, "lvmkit commit"), ""]
-        for c in rec["cases"]:
+        newest: dict[str, tuple[dict, dict, str]] = {}                          # case -> its newest measurement, from any record
+        for rec, f in sorted(((json.loads(f.read_text()), f.name) for f in seeds), key=lambda rf: rf[0]["date"]):
+            for c in rec["cases"]: newest[c["case"]] = (c, rec, f)
+        used = list(dict.fromkeys(f for _, _, f in newest.values()))
+        ids = {f: f"S{i + 1}" for i, f in enumerate(used)}
+        lines += ["Each case below is its newest measurement; the records they come from:", ""]
+        for f in used:
+            rec = next(r for _, r, g in newest.values() if g == f)
+            lines.append(f"- **{ids[f]}** `{f}`: " + _machine(rec, "lvmkit commit"))
+        lines.append("")
+        for c, rec, f in newest.values():
+            c = dict(c, what=f"{c['what']} (record {ids[f]})")
             base = next((s["examples_per_s"] for s in c["sides"] if s.get("side") == "seed" and "error" not in s), None)
             lines += [f"**{c['what']}**", "", "| code | parameters | training (examples/s) | ms per step | vs the seed |", "|---|--:|--:|--:|--:|"]
             for s in c["sides"]:

@@ -36,13 +36,22 @@ def test_performance_page_says_once_per_section_where_each_record_was_measured(t
     amp.write_text(json.dumps(dict(base, commit="aaaaaaa", command="python benchmarks/amp_eval.py --runs runs --cases vae-mlp:10",
                                    cases=[dict(run="vae-mlp", n=10, k=1000, fp32_s_per_1000=100., bf16_s_per_1000=50., speedup=2.,
                                                nll_fp32=88., nll_diff=.001, nll_diff_se=.002, elbo_diff=0., elbo_diff_se=.01)])))
+    side = lambda name, eps, **kw: dict(dict(side=name, params=1e5, examples_per_s=eps, ms_per_step=1000 * 128 / eps, warmup_s=30.0), **kw)
+    case = lambda name, sides: dict(case=name, seed=f"seed/{name}@c7b298e", what=f"what {name}", recipe=f"recipe-{name}", sides=sides)
+    old = tmp_path / "seeds-old.json"                               # older: two cases, one of which is measured again below
+    old.write_text(json.dumps(dict(base, date="2026-11-30T05:00:00+00:00", commit="0000000", command="python benchmarks/seeds.py --cases a b",
+                                   cases=[case("a", [side("seed", 100.0), side("lvmkit", 110.0)]), case("b", [side("seed", 10.0), side("lvmkit", 20.0)])])))
     seeds = tmp_path / "seeds-x.json"
-    seeds.write_text(json.dumps(dict(base, commit="bbbbbbb", command="python benchmarks/seeds.py", cases=[])))
-    text = bench.page([], [seeds], [amp])
-    machine = [line for line in text.splitlines() if line.startswith("**Machine:**")]
-    assert len(machine) == 2, machine
+    seeds.write_text(json.dumps(dict(base, commit="bbbbbbb", command="python benchmarks/seeds.py --cases a",
+                                     cases=[case("a", [side("seed", 100.0), side("lvmkit compiled bf16", 150.0)])])))
+    text = bench.page([], [seeds, old], [amp])
+    assert "| lvmkit `recipe-a`, compiled, bf16 autocast | 0.10M | 150.0 (compile 30 s, not counted) | 853 | 1.50x |" in text
+    assert "| lvmkit `recipe-a`, eager | 0.10M | 110.0" not in text                # superseded by the newer record
+    assert "**what a (record S1)**" in text and "**what b (record S2)**" in text and "| lvmkit `recipe-b`, eager | 0.10M | 20.0 |" in text
+    machine = [line for line in text.splitlines() if "**Machine:**" in line]
+    assert len(machine) == 3, machine
     assert "commit `aaaaaaa`" in machine[0] and "--runs runs --cases vae-mlp:10" in machine[0]
-    assert "lvmkit commit `bbbbbbb`" in machine[1]
+    assert "lvmkit commit `bbbbbbb`" in machine[1] and "lvmkit commit `0000000`" in machine[2]
     assert "| `vae-mlp` | 10 | 1,000 | 100 s | 50 s | 2.00x |" in text
 
 
