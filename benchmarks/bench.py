@@ -151,7 +151,9 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
               "Generated from `benchmarks/results/amp-train-*.json`, written by `python benchmarks/amp_train.py RECIPE`: a full run of the recipe "
               "with `lvmkit train RECIPE --amp` (bf16 autocast in the forward pass; weights, gradients and optimiser state in float32; the "
               "evaluation in float32), beside the float32 record of the same recipe that the book prints. One training run on each side: "
-              "the difference holds run-to-run variation as well as bf16's own effect.", ""]
+              "the difference holds run-to-run variation as well as bf16's own effect. The training rates are whole runs' (the recipe's "
+              "training loop, eager as the recipe trains, with its data loading, logging and validation), not the single-step rates of the "
+              "side-by-side below.", ""]
     newest_train = {json.loads(p.read_text())["recipe"]: json.loads(p.read_text()) for p in (amp_train or [])}   # the last per recipe
     if not newest_train: lines += ["No bf16 training run has been recorded yet.", ""]
     else:
