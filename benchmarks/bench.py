@@ -167,7 +167,7 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
                              f"commit `{r['fp32_record']['commit']}`, {r['fp32_record']['date'][:10]} | commit `{r['commit']}`, {r['date'][:10]} |")
         lines += ["", *[_machine(r) for r in newest_train.values()], ""]
     lines += ["## Side by side with the seeds' own code", "",
-              "Generated from the newest `benchmarks/results/seeds-*.json`, written by `python benchmarks/seeds.py` (see its docstring for how to "
+              "Generated from `benchmarks/results/seeds-*.json` (each case's newest measurement), written by `python benchmarks/seeds.py` (see its docstring for how to "
               "check out the seed, which lvmkit does not ship). The seed's model is built from its own repository and trained with its own loss; "
               "lvmkit's recipe of the same configuration is trained eagerly and compiled, in float32 and under bf16 autocast (`lvmkit train NAME --amp`; "
               "the seeds train in float32). Same machine, batch, optimiser and thread count, one "
@@ -194,7 +194,7 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
                 if "error" in s: lines.append(f"| {code} | failed: {s['error'][:80]} | | | |"); continue
                 ratio = f"{s['examples_per_s'] / base:.2f}x" if base else "–"
                 extra = f" (compile {s['warmup_s']:.0f} s, not counted)" if "compiled" in s["side"] else ""
-                lines.append(f"| {code} | {s['params'] / 1e6:.2f}M | {s['examples_per_s']:,.1f}{extra} | {s['ms_per_step']:,.0f} | {ratio} |")
+                lines.append(f"| {code} | {s['params'] / 1e6:.2f}M | {s['examples_per_s']:,.1f}{extra} | {s['ms_per_step']:,.{1 if s['ms_per_step'] < 100 else 0}f} | {ratio} |")
             lines.append("")
         lines.append("")
     return "\n".join(lines)
