@@ -157,14 +157,17 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
     newest_train = {json.loads(p.read_text())["recipe"]: json.loads(p.read_text()) for p in (amp_train or [])}   # the last per recipe
     if not newest_train: lines += ["No bf16 training run has been recorded yet.", ""]
     else:
-        lines += ["| recipe | K | test images | NLL, float32 | bf16 | bf16 − float32 | −ELBO, float32 | bf16 | training, float32 (ex./s) | bf16 | speed-up | float32 record | bf16 run |",
-                  "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
+        lines += [":::{div} full-width", "", "| recipe | K | test images | NLL, float32 | bf16 | bf16 − float32 | −ELBO, float32 | bf16 | training (ex./s), float32 | bf16 | speed-up |",
+                  "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
         for name, r in newest_train.items():
             e, t = r["elbo"], r["train_examples_per_s"]
             for k, v in sorted(r["nll"].items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| `{name}` | {int(k):,} | {v['test_n']:,} | {v['fp32']:.2f} | {v['bf16']:.2f} | {v['bf16'] - v['fp32']:+.2f} | "
-                             f"{-e['fp32']:.2f} | {-e['bf16']:.2f} | {t['fp32']:,.0f} | {t['bf16']:,.0f} | {t['bf16'] / t['fp32']:.2f}x | "
-                             f"commit `{r['fp32_record']['commit']}`, {r['fp32_record']['date'][:10]} | commit `{r['commit']}`, {r['date'][:10]} |")
+                             f"{-e['fp32']:.2f} | {-e['bf16']:.2f} | {t['fp32']:,.0f} | {t['bf16']:,.0f} | {t['bf16'] / t['fp32']:.2f}x |")
+        lines += ["", ":::", ""] + [f"`{name}`: the float32 record is commit `{r['fp32_record']['commit']}` ({r['fp32_record']['date'][:16]}), the bf16 run "
+                                    f"commit `{r['commit']}`; training time {r['train_time_s']['fp32']:.0f} s and {r['train_time_s']['bf16']:.0f} s, "
+                                    + (f"{r['steps']['bf16']:,} steps each." if r['steps']['bf16'] == r['steps']['fp32'] else f"{r['steps']['fp32']:,} and {r['steps']['bf16']:,} steps.")
+                                    for name, r in newest_train.items()]
         lines += ["", *[_machine(r) for r in newest_train.values()], ""]
     lines += ["## Side by side with the seeds' own code", "",
               "Generated from `benchmarks/results/seeds-*.json` (each case's newest measurement), written by `python benchmarks/seeds.py` (see its docstring for how to "
