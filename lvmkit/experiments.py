@@ -186,7 +186,7 @@ def _evaluate_and_record(model: nn.Module, exp: Experiment, name: str, test: Dat
     suffix = (" (quick: {n} evenly spread test examples)" if quick_mode else " ({n} evenly spread test examples)" if exp.data.test_n is not None else "")
     records = [ResultRecord.from_run(
         run_device=device, name=name if i == 0 else f"{name}-iw{k}", model=config.get("model", exp.model), dataset=exp.data.dataset,
-        protocol=exp.data.protocol + suffix.format(n=r["n"]) + ("; trained under bf16 autocast" if exp.train.amp else "")
+        protocol=exp.data.protocol + suffix.format(n=r["n"]) + ("; trained under bf16 autocast" if (exp.train.amp if exp.train.amp is not None else torch.device(device).type == "cuda") else "")
                  + ("; evaluated under bf16 autocast" if ev.amp else ""), split=exp.data.test_split, metric="nll_nats", value=r["nll"], k=k,
         test_n=r["n"], test_elbo=r["elbo"], bpd=r["bpd"], steps=steps, wall_time_s=train_time_s, train_examples_per_s=examples_per_s,
         eval_time_s=r["seconds"], mode="quick" if quick_mode else "full", notes=exp.description, config=config, reference=exp.reference)

@@ -61,6 +61,7 @@ def test_train_quick_then_eval(tmp_path, capsys):
     for f in ("best.pt", "last.pt", "metrics.jsonl", "samples.png", "result.json", "experiment.json"): assert (run / f).exists(), f
     rec = json.loads((tmp_path / "res" / "vae-mlp-quick.json").read_text())
     assert rec["mode"] == "quick" and rec["k"] == 100 and rec["metric"] == "nll_nats"
+    assert "bf16" not in rec["protocol"]                              # the recipe trains in float32 on the CPU, and its record says nothing else
     assert main(["eval", str(run / "best.pt"), "--iw", "5", "--n", "100", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["n"] == 100 and r["k"] == 5 and r["dataset"] == "binarized_mnist" and r["elbo"] < -r["nll"] + 1.0
