@@ -72,7 +72,7 @@ def main() -> int:
     from lvmkit.core import describe_hardware, git_commit
     missing = [name for name, _ in a.cases if not (Path(a.runs) / name / "last.pt").is_file()]
     if missing: ap.error(f"no checkpoint {', '.join(str(Path(a.runs) / m / 'last.pt') for m in missing)}: train the run first "
-                         f"(lvmkit train NAME --runs {a.runs}) or point --runs at the folder that holds it")
+                         f"(lvmkit train NAME --out {a.runs}/NAME) or point --runs at the folder that holds it")
     cases = []
     for name, n in a.cases:
         r = measure(Path(a.runs) / name, n); cases.append(r)

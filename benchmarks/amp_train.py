@@ -2,10 +2,12 @@
 record of the same recipe that the book prints (book/results/NAME*.json).
 
     python benchmarks/amp_train.py vae-seed-meanfield           # trains runs/vae-seed-meanfield-bf16 (resumes it if stopped)
+    python benchmarks/amp_train.py lvae-mnist-cpu --iw 100 --eval-amp   # evaluated at K=100 only, under bf16 autocast
     python benchmarks/bench.py --page                           # shows the newest record on the book's Performance page
 
 The bf16 run is the recipe unchanged but for TrainConfig(amp=True): same seed, steps, batch, optimiser and evaluation (float32, the
-recipe's K and test images). It writes its records to its run folder, never to book/results. The record here puts each of its numbers
+recipe's K and test images), unless `--iw` (other K: `lvmkit train --iw`) or `--eval-amp` (the evaluation under bf16 autocast too:
+`lvmkit train --eval-amp`) say otherwise; the record says which. It writes its records to its run folder, never to book/results. The record here puts each of its numbers
 beside the float32 record's: NLL at each K, test ELBO, training examples/s and training time. The two are single training runs each,
 so their difference holds run-to-run variation as well as bf16's own effect; a difference of a few tenths of a nat says "the same within
 what one run can tell". The float32 record must come from this machine (its `device` is compared), or the speed column means nothing.
@@ -13,6 +15,7 @@ Nothing else should run on the machine while it trains. Not part of CI.
 """
 from __future__ import annotations
 import argparse, json, platform, sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,11 +24,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def records(folder: Path, name: str) -> dict[int, dict]:
-    "{k: record} of the run `name` in `folder` (NAME.json and NAME-iwK.json)."
+    "{k: record} of the run `name` in `folder` (NAME.json and NAME-iwK.json), each read and checked by lvmkit.results.load_result."
+    sys.path.insert(0, str(ROOT))
+    from lvmkit.results import load_result
     out = {}
     for p in [folder / f"{name}.json", *sorted(folder.glob(f"{name}-iw*.json"))]:
         if p.is_file():
-            r = json.loads(p.read_text()); out[r["k"]] = r
+            r = asdict(load_result(p)); out[r["k"]] = r
     return out
 
 
@@ -38,6 +43,8 @@ def compare(fp32: dict[int, dict], bf16: dict[int, dict]) -> dict:
                 elbo=dict(fp32=f["test_elbo"], bf16=b["test_elbo"]), steps=dict(fp32=f["steps"], bf16=b["steps"]),
                 train_examples_per_s=dict(fp32=f["train_examples_per_s"], bf16=b["train_examples_per_s"]),
                 train_time_s=dict(fp32=f["wall_time_s"], bf16=b["wall_time_s"]),
+                eval_time_s={k: dict(fp32=fp32[k]["eval_time_s"], bf16=bf16[k]["eval_time_s"]) for k in ks},
+                eval_amp="evaluated under bf16 autocast" in b["protocol"],
                 fp32_record=dict(commit=f["commit"], device=f["device"], date=f["date"]), bf16_device=b["device"])
 
 
@@ -47,6 +54,8 @@ def main() -> int:
     ap.add_argument("--runs", default="runs", help="the folder for the bf16 run (runs/RECIPE-bf16)")
     ap.add_argument("--results", default=str(ROOT / "book" / "results"), help="where the float32 records are")
     ap.add_argument("--max-time", type=float, help="stop after this many seconds (the run is saved); rerun to resume")
+    ap.add_argument("--iw", type=int, nargs="+", metavar="K", help="evaluate the bf16 run at these K instead of the recipe's (lvmkit train --iw)")
+    ap.add_argument("--eval-amp", action="store_true", help="evaluate the bf16 run under bf16 autocast too (lvmkit train --eval-amp)")
     a = ap.parse_args()
     fp32 = records(Path(a.results), a.recipe)
     if not fp32: ap.error(f"no float32 record {Path(a.results) / (a.recipe + '.json')}: run the recipe's chapter (or lvmkit train {a.recipe}) first")
@@ -57,6 +66,8 @@ def main() -> int:
     run = Path(a.runs) / f"{a.recipe}-bf16"
     argv = ["train", a.recipe, "--amp", "--out", str(run), "--results-dir", str(run / "records"), "--no-progress"]
     if a.max_time: argv += ["--max-time", str(a.max_time)]
+    if a.iw: argv += ["--iw", *map(str, a.iw)]
+    if a.eval_amp: argv += ["--eval-amp"]
     if lvmkit(argv) != 0: return 1
     bf16 = records(run / "records", f"{a.recipe}-bf16")
     if not bf16: print(f"{run}: not finished; rerun the same command to resume"); return 0
@@ -65,7 +76,8 @@ def main() -> int:
         print(f"warning: the float32 record was measured on {c['fp32_record']['device']}, this run on {c['bf16_device']}: speeds are not comparable")
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware("cpu"), threads=torch.get_num_threads(),
                torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT), recipe=a.recipe,
-               command=f"python benchmarks/amp_train.py {a.recipe}", **c)
+               command=f"python benchmarks/amp_train.py {a.recipe}" + (f" --iw {' '.join(map(str, a.iw))}" if a.iw else "")
+                       + (" --eval-amp" if a.eval_amp else ""), **c)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"amp-train-{a.recipe}-{rec['date'][:10]}-{rec['commit']}.json"
     out.write_text(json.dumps(rec, indent=1) + "\n")

@@ -150,7 +150,7 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
     lines += ["## Training under bf16 autocast", "",
               "Generated from `benchmarks/results/amp-train-*.json`, written by `python benchmarks/amp_train.py RECIPE`: a full run of the recipe "
               "with `lvmkit train RECIPE --amp` (bf16 autocast in the forward pass; weights, gradients and optimiser state in float32; the "
-              "evaluation in float32), beside the float32 record of the same recipe that the book prints. One training run on each side: "
+              "evaluation in float32 unless the notes below the table say it ran under bf16 too: `--eval-amp`), beside the float32 record of the same recipe that the book prints. One training run on each side: "
               "the difference holds run-to-run variation as well as bf16's own effect. The training rates are whole runs' (the recipe's "
               "training loop, eager as the recipe trains, with its data loading, logging and validation), not the single-step rates of the "
               "side-by-side below.", ""]
@@ -167,6 +167,9 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
         lines += ["", ":::", ""] + [f"`{name}`: the float32 record is commit `{r['fp32_record']['commit']}` ({r['fp32_record']['date'][:16]}), the bf16 run "
                                     f"commit `{r['commit']}`; training time {r['train_time_s']['fp32']:.0f} s and {r['train_time_s']['bf16']:.0f} s, "
                                     + (f"{r['steps']['bf16']:,} steps each." if r['steps']['bf16'] == r['steps']['fp32'] else f"{r['steps']['fp32']:,} and {r['steps']['bf16']:,} steps.")
+                                    + "".join(f" Evaluation at K={int(k):,}: {t['fp32']:,.0f} s (float32) and {t['bf16']:,.0f} s"
+                                              + (" (the bf16 run evaluated under bf16 autocast)" if r.get("eval_amp") else " (float32)") + "."
+                                              for k, t in sorted(r.get("eval_time_s", {}).items(), key=lambda kv: int(kv[0])) if t["fp32"] and t["bf16"])
                                     for name, r in newest_train.items()]
         lines += ["", *[_machine(r) for r in newest_train.values()], ""]
     lines += ["## Side by side with the seeds' own code", "",

@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="train under bf16 autocast (--amp) or in float32 (--no-amp) instead of the recipe's setting (default: bf16 on CUDA only); "
                         "the run is then named NAME-bf16 or NAME-fp32 (its run folder and records), so it never mixes with the recipe's run")
+    t.add_argument("--eval-amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate under bf16 autocast (--eval-amp) or in float32 (--no-eval-amp) instead of the recipe's setting: faster on CPUs "
+                        "and GPUs with bf16 units, a slightly different estimate; the records' protocol says 'evaluated under bf16 autocast'")
+    t.add_argument("--iw", type=int, nargs="+", metavar="K",
+                   help="importance samples of the evaluation after training, instead of the recipe's (quick or full), e.g. --iw 100 for a "
+                        "quicker number; the first K is the run's headline record NAME, the others NAME-iwK")
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run folder")
     t.add_argument("--pretrained", action="store_true", help="do not train: download the experiment's released weights into the run folder, "
                                                              "then evaluate and record them (also LVMKIT_PRETRAINED=1; see lvmkit.pretrained)")
@@ -117,6 +123,13 @@ def _train(a: argparse.Namespace) -> dict:
     if a.amp is not None:                # a precision other than the recipe's is another experiment: its own name, folder and records
         exp = replace(exp, name=f"{exp.name}-{'bf16' if a.amp else 'fp32'}", train=replace(exp.train, amp=a.amp),
                       description=f"{exp.description}; trained {'under bf16 autocast' if a.amp else 'in float32'} (lvmkit train --{'' if a.amp else 'no-'}amp)")
+    if a.iw:
+        for k in a.iw: _positive("--iw", k)
+        if len(set(a.iw)) != len(a.iw): raise ValueError(f"--iw repeats a K: {a.iw}")
+        ks = tuple(int(k) for k in a.iw)
+        exp = replace(exp, evaluation=replace(exp.evaluation, k=ks), quick=replace(exp.quick, k=ks))
+    if a.eval_amp is not None:           # how the number is measured, not what is trained: the same run, its records say which
+        exp = replace(exp, evaluation=replace(exp.evaluation, amp=a.eval_amp))
     init_distributed()   # under torchrun: join the process group, so fit trains data-parallel; a no-op otherwise
     return run_experiment(exp, quick_mode=True if a.quick else None, data_root=a.data, run_dir=a.out,
                           results_dir=a.results_dir, device=_device(a.device), progress=not a.no_progress,

@@ -56,25 +56,34 @@ def test_performance_page_says_once_per_section_where_each_record_was_measured(t
 
 
 def _rec(k, value, **kw):
-    return dict(dict(k=k, value=value, test_n=10000, test_elbo=-100.0, steps=65000, train_examples_per_s=20000.0, wall_time_s=416.0,
-                     commit="ccccccc", device="2-core CPU", date="2026-12-01T06:00:00"), **kw)
+    "A results record as lvmkit writes it (amp_train reads them with lvmkit.results.load_result, which checks every field)."
+    return dict(dict(name="vae-seed-meanfield" if k == 128 else f"vae-seed-meanfield-iw{k}", model="vae", dataset="binarized_mnist",
+                     protocol="static binarized MNIST", split="test", metric="nll_nats", k=k, value=value, test_n=10000, test_elbo=-100.0,
+                     steps=65000, train_examples_per_s=20000.0, wall_time_s=416.0, eval_time_s=50.0, commit="ccccccc", device="2-core CPU",
+                     date="2026-12-01T06:00:00"), **kw)
 
 
 def test_amp_train_compares_each_k_both_runs_have_and_the_page_shows_it(tmp_path):
     amp_train, bench = _load("amp_train"), _load("bench")
     fp32 = {128: _rec(128, 96.89), 1000: _rec(1000, 95.99)}
-    bf16 = {128: _rec(128, 96.95, test_elbo=-100.2, train_examples_per_s=30000.0, commit="ddddddd"), 100: _rec(100, 97.0)}
+    bf16 = {128: _rec(128, 96.95, test_elbo=-100.2, train_examples_per_s=30000.0, commit="ddddddd", eval_time_s=20.0,
+                      protocol="static binarized MNIST; trained under bf16 autocast; evaluated under bf16 autocast"), 100: _rec(100, 97.0)}
     c = amp_train.compare(fp32, bf16)
     assert list(c["nll"]) == [128] and c["nll"][128] == dict(fp32=96.89, bf16=96.95, test_n=10000)
     assert c["train_examples_per_s"] == dict(fp32=20000.0, bf16=30000.0) and c["fp32_record"]["commit"] == "ccccccc"
+    assert c["eval_time_s"] == {128: dict(fp32=50.0, bf16=20.0)} and c["eval_amp"] is True
     with pytest.raises(ValueError, match="no K in common"):
         amp_train.compare({1000: fp32[1000]}, {128: bf16[128]})
     (tmp_path / "vae-seed-meanfield.json").write_text(json.dumps(fp32[128]))
     (tmp_path / "vae-seed-meanfield-iw1000.json").write_text(json.dumps(fp32[1000]))
     assert sorted(amp_train.records(tmp_path, "vae-seed-meanfield")) == [128, 1000]
+    (tmp_path / "vae-seed-meanfield-iw1000.json").write_text(json.dumps(dict(fp32[1000], name="other")))
+    with pytest.raises(ValueError, match="vae-seed-meanfield-iw1000.json: field 'name' is 'other'"):  # checked as lvmkit checks records
+        amp_train.records(tmp_path, "vae-seed-meanfield")
     p = tmp_path / "amp-train-x.json"
     p.write_text(json.dumps(dict(c, recipe="vae-seed-meanfield", date="2026-12-01T07:00:00+00:00", commit="ddddddd", hardware="2-core CPU",
                                  threads=2, torch="2.14.1", command="python benchmarks/amp_train.py vae-seed-meanfield")))
     text = bench.page([], [], [], [p])
     assert "| `vae-seed-meanfield` | 128 | 10,000 | 96.89 | 96.95 | +0.06 | 100.00 | 100.20 | 20,000 | 30,000 | 1.50x |" in text
     assert "python benchmarks/amp_train.py vae-seed-meanfield" in text
+    assert "Evaluation at K=128: 50 s (float32) and 20 s (the bf16 run evaluated under bf16 autocast)." in text

@@ -240,3 +240,20 @@ def test_train_amp_is_its_own_run_and_says_so(tmp_path, capsys):
     assert exp["train"]["amp"] is True and "lvmkit train --amp" in exp["description"]
     rec = json.loads((tmp_path / "res" / "vae-mlp-bf16-quick.json").read_text())
     assert "trained under bf16 autocast" in rec["protocol"] and "evaluated under" not in rec["protocol"]
+
+
+def test_train_eval_amp_and_iw_change_only_the_evaluation(tmp_path, capsys):
+    "--iw K... evaluates at those K (first: NAME, others: NAME-iwK), also in quick mode; --eval-amp evaluates under bf16, the same run."
+    assert main(["train", "vae", "--quick", "--eval-amp", "--iw", "8", "4", "--no-progress", "--out", str(tmp_path / "run"),
+                 "--results-dir", str(tmp_path / "res")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["finished"] and summary["name"] == "vae-mlp-quick"                     # not another experiment: the name is the recipe's
+    head, other = (json.loads((tmp_path / "res" / f).read_text()) for f in ("vae-mlp-quick.json", "vae-mlp-quick-iw4.json"))
+    assert head["k"] == 8 and other["k"] == 4
+    assert "evaluated under bf16 autocast" in head["protocol"] and "trained under" not in head["protocol"]
+    exp = json.loads((tmp_path / "run" / "experiment.json").read_text())
+    assert exp["evaluation"]["amp"] is True and exp["train"]["amp"] is None
+    for bad, words in [(["--iw", "0"], "--iw must be a positive number"), (["--iw", "5", "5"], "--iw repeats a K")]:
+        assert main(["train", "vae", "--quick", "--no-progress", "--out", str(tmp_path / "bad"), *bad]) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()                                               # refused before anything was written
