@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument("--results", default=str(ROOT / "book" / "results"), help="where the float32 records are")
     ap.add_argument("--max-time", type=float, help="stop after this many seconds (the run is saved); rerun to resume")
     ap.add_argument("--iw", type=int, nargs="+", metavar="K", help="evaluate the bf16 run at these K instead of the recipe's (lvmkit train --iw)")
+    ap.add_argument("--note", help="a sentence the Performance page shows beside the record (e.g. what else ran on the machine)")
     ap.add_argument("--eval-amp", action="store_true", help="evaluate the bf16 run under bf16 autocast too (lvmkit train --eval-amp)")
     a = ap.parse_args()
     fp32 = records(Path(a.results), a.recipe)
@@ -77,7 +78,7 @@ def main() -> int:
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware("cpu"), threads=torch.get_num_threads(),
                torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT), recipe=a.recipe,
                command=f"python benchmarks/amp_train.py {a.recipe}" + (f" --iw {' '.join(map(str, a.iw))}" if a.iw else "")
-                       + (" --eval-amp" if a.eval_amp else ""), **c)
+                       + (" --eval-amp" if a.eval_amp else ""), **c, **({"note": a.note} if a.note else {}))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"amp-train-{a.recipe}-{rec['date'][:10]}-{rec['commit']}.json"
     out.write_text(json.dumps(rec, indent=1) + "\n")

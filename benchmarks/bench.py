@@ -84,6 +84,20 @@ def _machine(rec: dict, commit: str = "commit") -> str:
     return (f"**Machine:** {rec['hardware']} ({rec['threads']} torch threads); torch {rec['torch']}; {commit} `{rec['commit']}`; "
             f"{rec['date'][:16]} UTC; command: `{rec['command']}`.")
 
+def _train_note(name: str, r: dict) -> str:
+    "The line under the bf16-training table for one amp-train record: provenance, hardware, times, and its note."
+    f = r["fp32_record"]
+    text = f"`{name}`: the float32 record is commit `{f['commit']}` ({f['date'][:16]}), the bf16 run commit `{r['commit']}`"
+    if f["device"] != r["bf16_device"]: text += f" (float32 on {f['device']}, bf16 on {r['bf16_device']}: their speeds are not comparable)"
+    text += f"; training time {r['train_time_s']['fp32']:.0f} s and {r['train_time_s']['bf16']:.0f} s, "
+    text += (f"{r['steps']['bf16']:,} steps each." if r["steps"]["bf16"] == r["steps"]["fp32"] else f"{r['steps']['fp32']:,} and {r['steps']['bf16']:,} steps.")
+    for k, t in sorted(r.get("eval_time_s", {}).items(), key=lambda kv: int(kv[0])):
+        if t["fp32"] and t["bf16"]:
+            text += (f" Evaluation at K={int(k):,}: {t['fp32']:,.0f} s (float32) and {t['bf16']:,.0f} s"
+                     + (" (the bf16 run evaluated under bf16 autocast)." if r.get("eval_amp") else " (float32)."))
+    return text + (f" {r['note']}" if r.get("note") else "")
+
+
 def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] | None = None, amp_train: list[Path] | None = None) -> str:
     """The Markdown of book/performance.md from the newest record, the newest side-by-side with the seeds (benchmarks/seeds.py), the
     newest float32-against-bf16 evaluation of trained runs (benchmarks/amp_eval.py) and the newest bf16 training run of each recipe
@@ -161,16 +175,11 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
                   "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
         for name, r in newest_train.items():
             e, t = r["elbo"], r["train_examples_per_s"]
+            same = r["fp32_record"]["device"] == r["bf16_device"]               # a speed-up only between runs on the same hardware
             for k, v in sorted(r["nll"].items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| `{name}` | {int(k):,} | {v['test_n']:,} | {v['fp32']:.2f} | {v['bf16']:.2f} | {v['bf16'] - v['fp32']:+.2f} | "
-                             f"{-e['fp32']:.2f} | {-e['bf16']:.2f} | {t['fp32']:,.0f} | {t['bf16']:,.0f} | {t['bf16'] / t['fp32']:.2f}x |")
-        lines += ["", ":::", ""] + [f"`{name}`: the float32 record is commit `{r['fp32_record']['commit']}` ({r['fp32_record']['date'][:16]}), the bf16 run "
-                                    f"commit `{r['commit']}`; training time {r['train_time_s']['fp32']:.0f} s and {r['train_time_s']['bf16']:.0f} s, "
-                                    + (f"{r['steps']['bf16']:,} steps each." if r['steps']['bf16'] == r['steps']['fp32'] else f"{r['steps']['fp32']:,} and {r['steps']['bf16']:,} steps.")
-                                    + "".join(f" Evaluation at K={int(k):,}: {t['fp32']:,.0f} s (float32) and {t['bf16']:,.0f} s"
-                                              + (" (the bf16 run evaluated under bf16 autocast)" if r.get("eval_amp") else " (float32)") + "."
-                                              for k, t in sorted(r.get("eval_time_s", {}).items(), key=lambda kv: int(kv[0])) if t["fp32"] and t["bf16"])
-                                    for name, r in newest_train.items()]
+                             f"{-e['fp32']:.2f} | {-e['bf16']:.2f} | {t['fp32']:,.0f} | {t['bf16']:,.0f} | {f"{t['bf16'] / t['fp32']:.2f}x" if same else "– (other hardware)"} |")
+        lines += ["", ":::", ""] + [_train_note(name, r) for name, r in newest_train.items()]
         lines += ["", *[_machine(r) for r in newest_train.values()], ""]
     lines += ["## Side by side with the seeds' own code", "",
               "Generated from `benchmarks/results/seeds-*.json` (each case's newest measurement), written by `python benchmarks/seeds.py` (see its docstring for how to "

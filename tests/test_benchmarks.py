@@ -87,3 +87,9 @@ def test_amp_train_compares_each_k_both_runs_have_and_the_page_shows_it(tmp_path
     assert "| `vae-seed-meanfield` | 128 | 10,000 | 96.89 | 96.95 | +0.06 | 100.00 | 100.20 | 20,000 | 30,000 | 1.50x |" in text
     assert "python benchmarks/amp_train.py vae-seed-meanfield" in text
     assert "Evaluation at K=128: 50 s (float32) and 20 s (the bf16 run evaluated under bf16 autocast)." in text
+    other = amp_train.compare(fp32, {128: dict(bf16[128], device="Intel Xeon, 2 threads")})   # another machine: no speed-up, and it says why
+    p.write_text(json.dumps(dict(other, recipe="vae-seed-meanfield", date="2026-12-01T07:00:00+00:00", commit="ddddddd", hardware="x",
+                                 threads=2, torch="2.14.1", command="python benchmarks/amp_train.py vae-seed-meanfield", note="Shared the CPU.")))
+    text = bench.page([], [], [], [p])
+    assert "| 20,000 | 30,000 | – (other hardware) |" in text and "1.50x" not in text
+    assert "(float32 on 2-core CPU, bf16 on Intel Xeon, 2 threads: their speeds are not comparable)" in text and "Shared the CPU." in text
