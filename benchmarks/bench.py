@@ -176,9 +176,10 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
         for name, r in newest_train.items():
             e, t = r["elbo"], r["train_examples_per_s"]
             same = r["fp32_record"]["device"] == r["bf16_device"]               # a speed-up only between runs on the same hardware
+            speed = f"{t['bf16'] / t['fp32']:.2f}x" if same else "– (other hardware)"
             for k, v in sorted(r["nll"].items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| `{name}` | {int(k):,} | {v['test_n']:,} | {v['fp32']:.2f} | {v['bf16']:.2f} | {v['bf16'] - v['fp32']:+.2f} | "
-                             f"{-e['fp32']:.2f} | {-e['bf16']:.2f} | {t['fp32']:,.0f} | {t['bf16']:,.0f} | {f"{t['bf16'] / t['fp32']:.2f}x" if same else "– (other hardware)"} |")
+                             f"{-e['fp32']:.2f} | {-e['bf16']:.2f} | {t['fp32']:,.0f} | {t['bf16']:,.0f} | {speed} |")
         lines += ["", ":::", ""] + [_train_note(name, r) for name, r in newest_train.items()]
         lines += ["", *[_machine(r) for r in newest_train.values()], ""]
     lines += ["## Side by side with the seeds' own code", "",
