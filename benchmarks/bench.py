@@ -176,7 +176,7 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
         for name, r in newest_train.items():
             e, t = r["elbo"], r["train_examples_per_s"]
             same = r["fp32_record"]["device"] == r["bf16_device"]               # a speed-up only between runs on the same hardware
-            speed = f"{t['bf16'] / t['fp32']:.2f}x" if same else "– (other hardware)"
+            speed = f"{t['bf16'] / t['fp32']:.2f}x" if same else "–"                 # the note below the table says why
             for k, v in sorted(r["nll"].items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| `{name}` | {int(k):,} | {v['test_n']:,} | {v['fp32']:.2f} | {v['bf16']:.2f} | {v['bf16'] - v['fp32']:+.2f} | "
                              f"{-e['fp32']:.2f} | {-e['bf16']:.2f} | {t['fp32']:,.0f} | {t['bf16']:,.0f} | {speed} |")
