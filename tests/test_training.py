@@ -228,7 +228,9 @@ def test_ema_differs_and_is_used_for_validation(tmp_path):
     res = fit(model, x, v, TrainConfig(steps=20, batch_size=32, lr=0.02, ema_decay=0.9, eval_every=20), run_dir=tmp_path, **CPU)
     assert res.model is not model and not torch.equal(res.model.net[0].weight, model.net[0].weight)
     last_valid = [r["valid"] for r in res.history if "valid" in r][-1]
-    assert last_valid == pytest.approx(evaluate_mean(res.model, v), abs=1e-9)
+    # the same float32 numbers, up to the order of float32 sums (it differs between CPUs: 6e-9 apart on an AVX-512 Xeon); the raw
+    # weights' validation, below, is more than 1e-4 away
+    assert last_valid == pytest.approx(evaluate_mean(res.model, v), abs=1e-6)
     assert abs(last_valid - evaluate_mean(model, v)) > 1e-4
 
 
