@@ -27,7 +27,7 @@ def measure(run: Path, n: int) -> dict:
     from lvmkit.checkpoint import load_model
     from lvmkit.experiments import get_dataset, get_experiment, _subset
     from lvmkit.objectives import iw_log_likelihood
-    exp = get_experiment(run.name)
+    exp = get_experiment(recipe_of(run.name))
     ev = exp.evaluation
     model = load_model(run / "last.pt").eval()
     test = _subset(get_dataset(exp.data.dataset, exp.data.test_split), n)
@@ -55,6 +55,13 @@ def measure(run: Path, n: int) -> dict:
                 elbo_fp32=e32.mean().item(), elbo_diff=de.mean().item(), elbo_diff_se=(de.std() / len(de) ** 0.5).item())
 
 
+def recipe_of(run: str) -> str:
+    "The recipe a run folder was trained from: its name, less the -bf16 / -fp32 that `lvmkit train NAME --amp / --no-amp` adds."
+    for suffix in ("-bf16", "-fp32"):
+        if run.endswith(suffix): return run[: -len(suffix)]
+    return run
+
+
 def parse_case(case: str) -> tuple[str, int]:
     "'RUN:N' -> (RUN, N), with an error that names the malformed case."
     name, sep, n = case.rpartition(":")
@@ -65,7 +72,7 @@ def parse_case(case: str) -> tuple[str, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs", help="the folder that holds the run folders")
-    ap.add_argument("--cases", nargs="+", required=True, type=parse_case, help="RUN:N, the run folder's name (its recipe's name) and the test images")
+    ap.add_argument("--cases", nargs="+", required=True, type=parse_case, help="RUN:N, the run folder's name (its recipe's name, or NAME-bf16 for a run of lvmkit train NAME --amp) and the test images")
     a = ap.parse_args()
     import torch
     sys.path.insert(0, str(ROOT))

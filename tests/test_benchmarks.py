@@ -20,6 +20,14 @@ def test_amp_eval_parses_cases_and_names_a_malformed_one():
             amp.parse_case(bad)
 
 
+def test_amp_eval_finds_the_recipe_of_a_bf16_run():
+    amp = _load("amp_eval")
+    assert amp.recipe_of("lvae-mnist-cpu-bf16") == "lvae-mnist-cpu"
+    assert amp.recipe_of("vae-mlp-fp32") == "vae-mlp"
+    assert amp.recipe_of("vae-mlp") == "vae-mlp"
+    assert amp.recipe_of("bf16-vae") == "bf16-vae"      # only a trailing suffix is the precision's
+
+
 def test_amp_eval_refuses_a_missing_checkpoint_before_measuring(tmp_path, monkeypatch, capsys):
     amp = _load("amp_eval")
     monkeypatch.setattr(amp, "measure", lambda *a: pytest.fail("measured although the checkpoint is missing"))
