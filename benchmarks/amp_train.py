@@ -3,6 +3,7 @@ record of the same recipe that the book prints (book/results/NAME*.json).
 
     python benchmarks/amp_train.py vae-seed-meanfield           # trains runs/vae-seed-meanfield-bf16 (resumes it if stopped)
     python benchmarks/amp_train.py lvae-mnist-cpu --iw 100 --eval-amp   # evaluated at K=100 only, under bf16 autocast
+    python benchmarks/amp_train.py lvae-mnist-cpu --fp32 --iw 1000 --eval-amp   # trained in float32 as the record was, only the evaluation under bf16
     python benchmarks/bench.py --page                           # shows the newest record on the book's Performance page
 
 The bf16 run is the recipe unchanged but for TrainConfig(amp=True): same seed, steps, batch, optimiser and evaluation (float32, the
@@ -10,7 +11,9 @@ recipe's K and test images), unless `--iw` (other K: `lvmkit train --iw`) or `--
 `lvmkit train --eval-amp`) say otherwise; the record says which. It writes its records to its run folder, never to book/results. The record here puts each of its numbers
 beside the float32 record's: NLL at each K, test ELBO, training examples/s and training time. The two are single training runs each,
 so their difference holds run-to-run variation as well as bf16's own effect; a difference of a few tenths of a nat says "the same within
-what one run can tell". The float32 record must come from this machine (its `device` is compared), or the speed column means nothing.
+what one run can tell". With `--fp32` the run is trained in float32 like the record (`lvmkit train NAME --no-amp`, folder NAME-fp32)
+and only its evaluation runs under bf16 (`--eval-amp` is required): the record then measures what bf16 evaluation alone does to the
+number and to the evaluation time of the whole test set. The float32 record must come from this machine (its `device` is compared), or the speed column means nothing.
 Nothing else should run on the machine while it trains. Not part of CI.
 """
 from __future__ import annotations
@@ -57,30 +60,35 @@ def main() -> int:
     ap.add_argument("--iw", type=int, nargs="+", metavar="K", help="evaluate the bf16 run at these K instead of the recipe's (lvmkit train --iw)")
     ap.add_argument("--note", help="a sentence the Performance page shows beside the record (e.g. what else ran on the machine)")
     ap.add_argument("--eval-amp", action="store_true", help="evaluate the bf16 run under bf16 autocast too (lvmkit train --eval-amp)")
+    ap.add_argument("--fp32", action="store_true", help="train in float32 as the record was (lvmkit train --no-amp; run folder RECIPE-fp32): "
+                                                        "only the evaluation runs under bf16, so --eval-amp is required")
     a = ap.parse_args()
+    if a.fp32 and not a.eval_amp: ap.error("--fp32 without --eval-amp would repeat the float32 record: add --eval-amp")
     fp32 = records(Path(a.results), a.recipe)
     if not fp32: ap.error(f"no float32 record {Path(a.results) / (a.recipe + '.json')}: run the recipe's chapter (or lvmkit train {a.recipe}) first")
     import torch
     sys.path.insert(0, str(ROOT))
     from lvmkit.cli import main as lvmkit
     from lvmkit.core import describe_hardware, git_commit
-    run = Path(a.runs) / f"{a.recipe}-bf16"
-    argv = ["train", a.recipe, "--amp", "--out", str(run), "--results-dir", str(run / "records"), "--no-progress"]
+    tag = "fp32" if a.fp32 else "bf16"                  # how the run trains: its name (lvmkit train --no-amp / --amp) and folder
+    run = Path(a.runs) / f"{a.recipe}-{tag}"
+    argv = ["train", a.recipe, "--no-amp" if a.fp32 else "--amp", "--out", str(run), "--results-dir", str(run / "records"), "--no-progress"]
     if a.max_time: argv += ["--max-time", str(a.max_time)]
     if a.iw: argv += ["--iw", *map(str, a.iw)]
     if a.eval_amp: argv += ["--eval-amp"]
     if lvmkit(argv) != 0: return 1
-    bf16 = records(run / "records", f"{a.recipe}-bf16")
+    bf16 = records(run / "records", f"{a.recipe}-{tag}")
     if not bf16: print(f"{run}: not finished; rerun the same command to resume"); return 0
     c = compare(fp32, bf16)
     if c["fp32_record"]["device"] != c["bf16_device"]:
         print(f"warning: the float32 record was measured on {c['fp32_record']['device']}, this run on {c['bf16_device']}: speeds are not comparable")
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware("cpu"), threads=torch.get_num_threads(),
                torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT), recipe=a.recipe,
-               command=f"python benchmarks/amp_train.py {a.recipe}" + (f" --iw {' '.join(map(str, a.iw))}" if a.iw else "")
+               trained="float32" if a.fp32 else "bf16",
+               command=f"python benchmarks/amp_train.py {a.recipe}" + (" --fp32" if a.fp32 else "") + (f" --iw {' '.join(map(str, a.iw))}" if a.iw else "")
                        + (" --eval-amp" if a.eval_amp else ""), **c, **({"note": a.note} if a.note else {}))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"amp-train-{a.recipe}-{rec['date'][:10]}-{rec['commit']}.json"
+    out = RESULTS / f"amp-train-{a.recipe}{'-fp32' if a.fp32 else ''}-{rec['date'][:10]}-{rec['commit']}.json"
     out.write_text(json.dumps(rec, indent=1) + "\n")
     print(json.dumps(c, indent=1)); print(f"wrote {out}")
     return 0

@@ -101,3 +101,30 @@ def test_amp_train_compares_each_k_both_runs_have_and_the_page_shows_it(tmp_path
     text = bench.page([], [], [], [p])
     assert "| 20,000 | 30,000 | – |" in text and "1.50x" not in text
     assert "(float32 on 2-core CPU, bf16 on Intel Xeon, 2 threads: their speeds are not comparable)" in text and "Shared the CPU." in text
+
+
+def test_a_float32_run_evaluated_under_bf16_has_its_own_table(tmp_path, monkeypatch, capsys):
+    amp_train, bench = _load("amp_train"), _load("bench")
+    fp32 = {1000: _rec(1000, 81.87, eval_time_s=5708.0, device="AMD EPYC, 2 threads")}
+    run = {1000: _rec(1000, 81.80, test_elbo=-100.1, eval_time_s=3300.0, device="AMD EPYC, 2 threads", commit="eeeeeee",
+                      protocol="static binarized MNIST; evaluated under bf16 autocast")}
+    c = amp_train.compare(fp32, run)
+    assert c["eval_amp"] is True and c["eval_time_s"] == {1000: dict(fp32=5708.0, bf16=3300.0)}
+    common = dict(recipe="lvae-mnist-cpu", date="2026-12-02T07:00:00+00:00", commit="eeeeeee", hardware="AMD EPYC, 2 threads", threads=2,
+                  torch="2.14.1")
+    p = tmp_path / "amp-train-lvae-mnist-cpu-fp32-x.json"
+    p.write_text(json.dumps(dict(c, **common, trained="float32", command="python benchmarks/amp_train.py lvae-mnist-cpu --fp32 --iw 1000 --eval-amp")))
+    text = bench.page([], [], [], [p])
+    whole = text.split("## The whole test set, evaluated under bf16 autocast")[1].split("## Side by side")[0]
+    assert "| `lvae-mnist-cpu` | 1,000 | 10,000 | 81.87 | 81.80 | -0.07 | 100.00 | 100.10 | 95.1 min | 55.0 min | 1.73x |" in whole
+    assert "--fp32 --iw 1000 --eval-amp" in whole and "15,000" not in whole and "65,000 steps each." in whole
+    training = text.split("## Training under bf16 autocast")[1].split("## The whole test set")[0]
+    assert "No bf16 training run has been recorded yet." in training        # a float32 run is not a bf16 training run
+    old = tmp_path / "amp-train-lvae-mnist-cpu-y.json"                      # a bf16 run of the same recipe still has its own row
+    old.write_text(json.dumps(dict(c, **common, command="python benchmarks/amp_train.py lvae-mnist-cpu")))
+    text = bench.page([], [], [], [old, p])
+    assert "No bf16 training run" not in text and "No such evaluation" not in text
+    monkeypatch.setattr("sys.argv", ["amp_train.py", "lvae-mnist-cpu", "--fp32"])
+    with pytest.raises(SystemExit):
+        amp_train.main()
+    assert "--fp32 without --eval-amp would repeat the float32 record" in capsys.readouterr().err
