@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import describe  # noqa: E402  (the machine's identity and calibration, in every record)
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -86,7 +88,8 @@ def main() -> int:
         print(json.dumps(r), flush=True)
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware("cpu"), threads=torch.get_num_threads(),
                torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT),
-               command=f"python benchmarks/amp_eval.py --runs {a.runs} --cases " + " ".join(f"{name}:{n}" for name, n in a.cases), cases=cases)
+               command=f"python benchmarks/amp_eval.py --runs {a.runs} --cases " + " ".join(f"{name}:{n}" for name, n in a.cases), cases=cases,
+               machine=describe())
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"amp-{rec['date'][:10]}-{rec['commit']}.json"
     out.write_text(json.dumps(rec, indent=1) + "\n")

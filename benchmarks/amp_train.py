@@ -23,6 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import describe  # noqa: E402  (the machine's identity and calibration, in every record)
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -84,7 +86,7 @@ def main() -> int:
         print(f"warning: the float32 record was measured on {c['fp32_record']['device']}, this run on {c['bf16_device']}: speeds are not comparable")
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware("cpu"), threads=torch.get_num_threads(),
                torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT), recipe=a.recipe,
-               trained="float32" if a.fp32 else "bf16",
+               trained="float32" if a.fp32 else "bf16", machine=describe(),
                command=f"python benchmarks/amp_train.py {a.recipe}" + (" --fp32" if a.fp32 else "") + (f" --iw {' '.join(map(str, a.iw))}" if a.iw else "")
                        + (" --eval-amp" if a.eval_amp else ""), **c, **({"note": a.note} if a.note else {}))
     RESULTS.mkdir(parents=True, exist_ok=True)

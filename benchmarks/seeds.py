@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import describe  # noqa: E402  (the machine's identity and calibration, in every record)
 RESULTS = ROOT / "benchmarks" / "results"
 SIDES = ("seed", "eager", "compiled", "eager-bf16", "compiled-bf16")   # lvmkit in float32, and under bf16 autocast (TrainConfig(amp=True))
 # the seeds' checkouts: option -> (repository, placeholder in the recorded command)
@@ -269,7 +271,8 @@ def main() -> int:
     command = " ".join(["python benchmarks/seeds.py", "--cases", *a.cases, *[f"--{k.replace('_', '-')} {SOURCES[k][1]}" for k in needed], *common]
                        + (["--sides", *a.sides] if list(a.sides) != list(SIDES) else []))
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware(default_device()), torch=torch.__version__,
-               python=platform.python_version(), commit=git_commit(ROOT), threads=torch.get_num_threads(), command=command, cases=cases)
+               python=platform.python_version(), commit=git_commit(ROOT), threads=torch.get_num_threads(), command=command, cases=cases,
+               machine=describe())
     out = a.out or RESULTS / f"seeds-{rec['date'][:10]}-{rec['commit']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=1) + "\n"); print(f"wrote {out}")

@@ -91,8 +91,19 @@ def test_amp_train_compares_each_k_both_runs_have_and_the_page_shows_it(tmp_path
     p = tmp_path / "amp-train-x.json"
     p.write_text(json.dumps(dict(c, recipe="vae-seed-meanfield", date="2026-12-01T07:00:00+00:00", commit="ddddddd", hardware="2-core CPU",
                                  threads=2, torch="2.14.1", command="python benchmarks/amp_train.py vae-seed-meanfield")))
-    text = bench.page([], [], [], [p])
+    text = bench.page([], [], [], [p])                                      # the book's record has no calibration: speed unknown
+    assert "| `vae-seed-meanfield` | 128 | 10,000 | 96.89 | 96.95 | +0.06 | 100.00 | 100.20 | 20,000 | 30,000 | – |" in text
+    assert "whether the machine ran at the same speed is unknown" in text
+    cal = lambda ms: dict(calibration=dict(ms=ms, threads=2))
+    p.write_text(json.dumps(dict(c, fp32_record=dict(c["fp32_record"], machine=cal(100.0)), machine=cal(110.0), recipe="vae-seed-meanfield",
+                                 date="2026-12-01T07:00:00+00:00", commit="ddddddd", hardware="2-core CPU", threads=2, torch="2.14.1",
+                                 command="python benchmarks/amp_train.py vae-seed-meanfield")))
+    text = bench.page([], [], [], [p])                                      # calibrated, within 15%: the speed-up is shown
     assert "| `vae-seed-meanfield` | 128 | 10,000 | 96.89 | 96.95 | +0.06 | 100.00 | 100.20 | 20,000 | 30,000 | 1.50x |" in text
+    assert "calibration 110 ms per fixed step at 2 threads" in text
+    p.write_text(json.dumps(dict(json.loads(p.read_text()), machine=cal(200.0))))
+    text = bench.page([], [], [], [p])                                      # calibrated 2x apart: not compared
+    assert "| 20,000 | 30,000 | – |" in text and "their calibrations differ by more than 15%" in text
     assert "python benchmarks/amp_train.py vae-seed-meanfield" in text
     assert "Evaluation at K=128: 50 s (float32) and 20 s (the bf16 run evaluated under bf16 autocast)." in text
     other = amp_train.compare(fp32, {128: dict(bf16[128], device="Intel Xeon, 2 threads")})   # another machine: no speed-up, and it says why
@@ -109,11 +120,12 @@ def test_a_float32_run_evaluated_under_bf16_has_its_own_table(tmp_path, monkeypa
     run = {1000: _rec(1000, 81.80, test_elbo=-100.1, eval_time_s=3300.0, device="AMD EPYC, 2 threads", commit="eeeeeee",
                       protocol="static binarized MNIST; evaluated under bf16 autocast")}
     c = amp_train.compare(fp32, run)
+    c["fp32_record"]["machine"] = c_machine = dict(calibration=dict(ms=80.0, threads=2))    # as if both sides were calibrated
     assert c["eval_amp"] is True and c["eval_time_s"] == {1000: dict(fp32=5708.0, bf16=3300.0)}
     common = dict(recipe="lvae-mnist-cpu", date="2026-12-02T07:00:00+00:00", commit="eeeeeee", hardware="AMD EPYC, 2 threads", threads=2,
                   torch="2.14.1")
     p = tmp_path / "amp-train-lvae-mnist-cpu-fp32-x.json"
-    p.write_text(json.dumps(dict(c, **common, trained="float32", command="python benchmarks/amp_train.py lvae-mnist-cpu --fp32 --iw 1000 --eval-amp")))
+    p.write_text(json.dumps(dict(c, **common, machine=c_machine, trained="float32", command="python benchmarks/amp_train.py lvae-mnist-cpu --fp32 --iw 1000 --eval-amp")))
     text = bench.page([], [], [], [p])
     whole = text.split("## The whole test set, evaluated under bf16 autocast")[1].split("## Side by side")[0]
     assert "| `lvae-mnist-cpu` | 1,000 | 10,000 | 81.87 | 81.80 | -0.07 | 100.00 | 100.10 | 95.1 min | 55.0 min | 1.73x |" in whole
@@ -128,3 +140,41 @@ def test_a_float32_run_evaluated_under_bf16_has_its_own_table(tmp_path, monkeypa
     with pytest.raises(SystemExit):
         amp_train.main()
     assert "--fp32 without --eval-amp would repeat the float32 record" in capsys.readouterr().err
+
+
+def test_machine_identity_calibration_and_same_speed():
+    machine = _load("machine")
+    info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\n"
+            "cpu MHz\t\t: 2596.150\ncache size\t: 1024 KB\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nmodel name\t: other\n")
+    ident = machine.cpu_identity(info)
+    assert ident == dict(model_name="AMD EPYC", vendor="AuthenticAMD", family="25", model="17", stepping="1", mhz="2596.150",
+                         cache="1024 KB", flags=["avx2", "avx512f", "avx512_bf16"])       # the first processor only
+    c = machine.calibrate(repeats=2, warmup=1)
+    assert c["ms"] > 0 and c["median_ms"] >= c["ms"] and c["threads"] >= 1
+    cal = lambda ms, threads=2: dict(calibration=dict(ms=ms, threads=threads))
+    assert machine.same_speed(cal(100), cal(114)) is True and machine.same_speed(cal(100), cal(120)) is False
+    assert machine.same_speed(cal(100), cal(100, threads=1)) is False             # another thread count is another machine
+    assert machine.same_speed(None, cal(100)) is None and machine.same_speed({}, cal(100)) is None   # a record without one: unknown
+    assert machine.summary(dict(cpu=ident, calibration=dict(ms=78.2, threads=2))) == (
+        "calibration 78 ms per fixed step at 2 threads (lower is faster); family 25, model 17, stepping 1, 2,596 MHz")
+    assert machine.summary(None) == ""
+
+
+def test_same_label_section_lists_a_recipe_measured_twice_and_keeps_checks_out_of_the_main_table(tmp_path):
+    bench = _load("bench")
+    case = lambda train, ev: dict(name="lvae-mnist-cpu", chapter="4", params=742689, train_eager_examples_per_s=train, train_compiled_examples_per_s=train,
+                                  train_compiled_first3_s=1.0, eval_eager_s_per_1000=ev, eval_compiled_s_per_1000=ev, eval_compile_s=1.0,
+                                  eval_k=1000, peak_memory_mb=1024.0)
+    rec = lambda date, commit, train, ev, **kw: dict(date=date, hardware="CPU: AMD EPYC, 2 threads", torch="2.14.1", commit=commit,
+                                                      command="python benchmarks/bench.py --cases lvae-mnist-cpu", cases=[case(train, ev)], **kw)
+    old, new, check = tmp_path / "2026-11-30-aaaaaaa.json", tmp_path / "2026-12-02-bbbbbbb.json", tmp_path / "machine-check-2026-12-02-aaaaaaa.json"
+    old.write_text(json.dumps(rec("2026-11-30T15:39:00+00:00", "aaaaaaa", 362.0, 504.0)))
+    new.write_text(json.dumps(rec("2026-12-02T05:49:00+00:00", "bbbbbbb", 172.0, 1014.0, machine=dict(calibration=dict(ms=78.0, threads=2)))))
+    check.write_text(json.dumps(rec("2026-12-02T05:54:00+00:00", "aaaaaaa", 153.0, 888.0, note="measured again")))
+    text = bench.page([old, new], [], [], [], [check])
+    main, same = text.split("## Evaluation under bf16")[0], text.split("## Same label, different speed")[1].split("## Side by side")[0]
+    assert "machine-check" not in main and "| 172 |" in main                 # the newest bench record is the main table's row
+    assert "| `lvae-mnist-cpu` | CPU: AMD EPYC, 2 threads | 2026-12-02T05:54 | `aaaaaaa` | `machine-check-2026-12-02-aaaaaaa.json` | 153 | 888 s | – |" in same
+    assert "| 2026-12-02T05:49 | `bbbbbbb` | `2026-12-02-bbbbbbb.json` | 172 | 1,014 s | 78 ms |" in same
+    assert "| fastest / slowest | 2.37x | 2.01x | |" in same and "`machine-check-2026-12-02-aaaaaaa.json`: measured again" in same
+    assert "No recipe has been measured twice" in bench.page([new], [], [], [], [])

@@ -1,0 +1,80 @@
+"""What a benchmark record says about its machine beyond the device label: the processor as /proc/cpuinfo names it, and a calibration,
+the time of one fixed float32 workload, so that speeds from two records are compared only where the machines ran at the same speed.
+
+    python benchmarks/machine.py          # prints this machine's description and calibration as JSON
+
+A device label such as "CPU: AMD EPYC, 2 threads" names a processor, not a speed: on the virtual machines these benchmarks run on,
+records under that one label measured the same recipes 2-3x apart (the Performance page's "Same label, different speed" section).
+The calibration is a small convolutional network's float32 training step (forward and backward, batch 64, 64 channels at 14x14,
+about the Ladder VAE's size), at the torch thread count the record uses: the fastest of 20 repeats after a warm-up, a few seconds in
+all. The fastest, not the median, because these machines' speed also wanders from minute to minute (medians of one session ranged
+over 85-126 ms, the fastest over 80-91 ms). Two calibrations within 15% are "the same speed"; anything else, or a record without one,
+is not compared.
+"""
+from __future__ import annotations
+import json, math, statistics, time
+from pathlib import Path
+
+TOLERANCE = 0.15           # calibrations within 15% of each other: the same speed
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")   # the instruction sets torch's CPU kernels choose between
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict:
+    "The first processor's vendor, family, model, stepping, clock, cache and bf16-relevant instruction sets, from /proc/cpuinfo (empty elsewhere)."
+    if cpuinfo is None:
+        try: cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError: return {}
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n")[0].splitlines():                # the first processor's block
+        if ":" in line:
+            key, value = (s.strip() for s in line.split(":", 1))
+            fields[key] = value
+    out = {k: fields[src] for k, src in [("model_name", "model name"), ("vendor", "vendor_id"), ("family", "cpu family"), ("model", "model"),
+                                          ("stepping", "stepping"), ("mhz", "cpu MHz"), ("cache", "cache size")] if src in fields}
+    if "flags" in fields: out["flags"] = [f for f in FLAGS if f in fields["flags"].split()]
+    return out
+
+
+def calibrate(repeats: int = 20, warmup: int = 3) -> dict:
+    "Milliseconds of one fixed float32 training step of a small convolutional network (the fastest of `repeats`: the machine undisturbed), at torch's thread count."
+    import torch
+    from torch import nn
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(*[m for _ in range(4) for m in (nn.Conv2d(64, 64, 3, padding=1), nn.ELU())])
+    with torch.no_grad():
+        for p in net.parameters(): p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    x = torch.randn(64, 64, 14, 14, generator=gen)
+    times = []
+    for i in range(warmup + repeats):
+        t = time.perf_counter()
+        net(x).square().mean().backward()
+        if i >= warmup: times.append((time.perf_counter() - t) * 1000)
+    return dict(ms=min(times), median_ms=statistics.median(times), threads=torch.get_num_threads(),
+                workload="4 x (conv 3x3 64->64 + ELU), batch 64 at 14x14, float32 forward + backward")
+
+
+def describe() -> dict:
+    "This machine for a benchmark record: {'cpu': cpu_identity(), 'calibration': calibrate()}."
+    return dict(cpu=cpu_identity(), calibration=calibrate())
+
+
+def same_speed(a: dict | None, b: dict | None) -> bool | None:
+    """Whether two records' machines ran at the same speed: True or False from their calibrations (same thread count, within TOLERANCE),
+    None when either record has none (older records), so the caller can say that it cannot tell."""
+    ca, cb = ((m or {}).get("calibration") for m in (a, b))
+    if not ca or not cb: return None
+    if ca.get("threads") != cb.get("threads"): return False
+    return abs(math.log(ca["ms"] / cb["ms"])) <= math.log(1 + TOLERANCE)
+
+
+def summary(machine: dict | None) -> str:
+    "A few words for the Performance page: the calibration (and the processor's family/model/clock where known), or '' without one."
+    if not machine or not machine.get("calibration"): return ""
+    c, cpu = machine["calibration"], machine.get("cpu", {})
+    ident = ", ".join(f"{k} {cpu[k]}" for k in ("family", "model", "stepping") if k in cpu)
+    if "mhz" in cpu: ident += f", {float(cpu['mhz']):,.0f} MHz"
+    return f"calibration {c['ms']:.0f} ms per fixed step at {c['threads']} threads (lower is faster)" + (f"; {ident}" if ident else "")
+
+
+if __name__ == "__main__":
+    print(json.dumps(describe(), indent=1))
