@@ -246,19 +246,23 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
     repeated = {key: v for key, v in by_label.items() if len(v) > 1}
     if not repeated: lines += ["No recipe has been measured twice under one label yet.", ""]
     else:
-        lines += ["| recipe | device label | measured | lvmkit commit | record | training, eager (ex./s) | IW evaluation per 1000, compiled | calibration |",
-                  "|---|---|---|---|---|--:|--:|--:|"]
-        for (name, label), v in repeated.items():
-            for c, rec, f in v:
-                cal = (rec.get("machine") or {}).get("calibration")
-                lines.append(f"| `{name}` | {label} | {rec['date'][:16]} | `{rec['commit']}` | `{f}` | {c['train_eager_examples_per_s']:,.0f} | "
-                             f"{c['eval_compiled_s_per_1000']:,.0f} s | " + (f"{cal['ms']:.0f} ms |" if cal else "– |"))
-            fast, slow = (max(c["train_eager_examples_per_s"] for c, _, _ in v), min(c["train_eager_examples_per_s"] for c, _, _ in v))
-            ev = [c["eval_compiled_s_per_1000"] for c, _, _ in v]
-            lines.append(f"| | | | | fastest / slowest | {fast / slow:.2f}x | {max(ev) / min(ev):.2f}x | |")
+        for label in dict.fromkeys(label for _, label in repeated):
+            lines += [f"Under the label **{label}**:", "", ":::{div} full-width", "",
+                      "| recipe | measured (UTC) | commit | training, eager (ex./s) | IW evaluation per 1000, compiled | calibration | record |",
+                      "|---|---|---|--:|--:|--:|---|"]
+            for (name, lab), v in repeated.items():
+                if lab != label: continue
+                for c, rec, f in v:
+                    cal = (rec.get("machine") or {}).get("calibration")
+                    lines.append(f"| `{name}` | {rec['date'][:16].replace('T', ' ')} | `{rec['commit']}` | {c['train_eager_examples_per_s']:,.0f} | "
+                                 f"{c['eval_compiled_s_per_1000']:,.0f} s | " + (f"{cal['ms']:.0f} ms" if cal else "–") + f" | `{f}` |")
+                fast, slow = (max(c["train_eager_examples_per_s"] for c, _, _ in v), min(c["train_eager_examples_per_s"] for c, _, _ in v))
+                ev = [c["eval_compiled_s_per_1000"] for c, _, _ in v]
+                lines.append(f"| | | fastest / slowest | {fast / slow:.2f}x | {max(ev) / min(ev):.2f}x | | |")
+            lines += ["", ":::", ""]
         lines.append("")
         notes = [(f, rec["note"]) for f, rec in {f: rec for v in repeated.values() for _, rec, f in v}.items() if rec.get("note")]
-        lines += [*[f"`{f}`: {note}" for f, note in notes], ""] if notes else []
+        lines += [*[f"- `{f}`: {note}" for f, note in notes], ""] if notes else []
     lines += ["## Side by side with the seeds' own code", "",
               "Generated from `benchmarks/results/seeds-*.json` (each case's newest measurement), written by `python benchmarks/seeds.py` (see its docstring for how to "
               "check out the seed, which lvmkit does not ship). The seed's model is built from its own repository and trained with its own loss; "

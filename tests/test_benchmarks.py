@@ -174,7 +174,8 @@ def test_same_label_section_lists_a_recipe_measured_twice_and_keeps_checks_out_o
     text = bench.page([old, new], [], [], [], [check])
     main, same = text.split("## Evaluation under bf16")[0], text.split("## Same label, different speed")[1].split("## Side by side")[0]
     assert "machine-check" not in main and "| 172 |" in main                 # the newest bench record is the main table's row
-    assert "| `lvae-mnist-cpu` | CPU: AMD EPYC, 2 threads | 2026-12-02T05:54 | `aaaaaaa` | `machine-check-2026-12-02-aaaaaaa.json` | 153 | 888 s | – |" in same
-    assert "| 2026-12-02T05:49 | `bbbbbbb` | `2026-12-02-bbbbbbb.json` | 172 | 1,014 s | 78 ms |" in same
-    assert "| fastest / slowest | 2.37x | 2.01x | |" in same and "`machine-check-2026-12-02-aaaaaaa.json`: measured again" in same
+    assert "Under the label **CPU: AMD EPYC, 2 threads**:" in same
+    assert "| `lvae-mnist-cpu` | 2026-12-02 05:54 | `aaaaaaa` | 153 | 888 s | – | `machine-check-2026-12-02-aaaaaaa.json` |" in same
+    assert "| `lvae-mnist-cpu` | 2026-12-02 05:49 | `bbbbbbb` | 172 | 1,014 s | 78 ms | `2026-12-02-bbbbbbb.json` |" in same
+    assert "| fastest / slowest | 2.37x | 2.01x | | |" in same and "- `machine-check-2026-12-02-aaaaaaa.json`: measured again" in same
     assert "No recipe has been measured twice" in bench.page([new], [], [], [], [])
