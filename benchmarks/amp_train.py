@@ -13,7 +13,9 @@ beside the float32 record's: NLL at each K, test ELBO, training examples/s and t
 so their difference holds run-to-run variation as well as bf16's own effect; a difference of a few tenths of a nat says "the same within
 what one run can tell". With `--fp32` the run is trained in float32 like the record (`lvmkit train NAME --no-amp`, folder NAME-fp32)
 and only its evaluation runs under bf16 (`--eval-amp` is required): the record then measures what bf16 evaluation alone does to the
-number and to the evaluation time of the whole test set. The float32 record must come from this machine (its `device` is compared), or the speed column means nothing.
+number and to the evaluation time of the whole test set. The float32 record must come from this machine, or the speed column means nothing:
+the Performance page shows a speed-up only where both sides carry a calibration that agrees (benchmarks/machine.py), and a book record
+carries only its device label, so it prints the two rates and says why it does not divide them.
 Nothing else should run on the machine while it trains. Not part of CI.
 """
 from __future__ import annotations

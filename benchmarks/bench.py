@@ -94,16 +94,23 @@ def _speed_known(r: dict) -> bool | None:
     if r["fp32_record"]["device"] != r["bf16_device"]: return False
     return same_speed(r["fp32_record"].get("machine"), r.get("machine"))
 
+def _steps(r: dict) -> str:
+    "'15,000 steps each.' or '15,000 and 14,000 steps.' for the two sides of an amp-train record."
+    return f"{r['steps']['bf16']:,} steps each." if r["steps"]["bf16"] == r["steps"]["fp32"] else f"{r['steps']['fp32']:,} and {r['steps']['bf16']:,} steps."
+
+def _speed_caveat(r: dict) -> str:
+    "Why the two sides' speeds are not compared, in parentheses ('' when they are)."
+    f, known = r["fp32_record"], _speed_known(r)
+    if f["device"] != r["bf16_device"]: return f" (float32 on {f['device']}, bf16 on {r['bf16_device']}: their speeds are not comparable)"
+    if known is None: return (" (the same device label, but the float32 record carries no calibration, so whether the machine ran at the "
+                              "same speed is unknown: the speed-up is not shown; see 'Same label, different speed')")
+    return "" if known else " (the same device label, but their calibrations differ by more than 15%: their speeds are not comparable)"
+
 def _train_note(name: str, r: dict) -> str:
     "The line under the bf16-training table for one amp-train record: provenance, hardware, times, and its note."
     f = r["fp32_record"]
-    text = f"`{name}`: the float32 record is commit `{f['commit']}` ({f['date'][:16]}), the bf16 run commit `{r['commit']}`"
-    if f["device"] != r["bf16_device"]: text += f" (float32 on {f['device']}, bf16 on {r['bf16_device']}: their speeds are not comparable)"
-    elif _speed_known(r) is None: text += (" (the same device label, but the float32 record carries no calibration, so whether the machine ran at the "
-                                           "same speed is unknown: the speed-up is not shown; see 'Same label, different speed')")
-    elif not _speed_known(r): text += " (the same device label, but their calibrations differ by more than 15%: their speeds are not comparable)"
-    text += f"; training time {r['train_time_s']['fp32']:.0f} s and {r['train_time_s']['bf16']:.0f} s, "
-    text += (f"{r['steps']['bf16']:,} steps each." if r["steps"]["bf16"] == r["steps"]["fp32"] else f"{r['steps']['fp32']:,} and {r['steps']['bf16']:,} steps.")
+    text = f"`{name}`: the float32 record is commit `{f['commit']}` ({f['date'][:16]}), the bf16 run commit `{r['commit']}`" + _speed_caveat(r)
+    text += f"; training time {r['train_time_s']['fp32']:.0f} s and {r['train_time_s']['bf16']:.0f} s, " + _steps(r)
     for k, t in sorted(r.get("eval_time_s", {}).items(), key=lambda kv: int(kv[0])):
         if t["fp32"] and t["bf16"]:
             text += (f" Evaluation at K={int(k):,}: {t['fp32']:,.0f} s (float32) and {t['bf16']:,.0f} s"
@@ -223,12 +230,8 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
                 lines.append(f"| `{name}` | {int(k):,} | {v['test_n']:,} | {v['fp32']:.2f} | {v['bf16']:.2f} | {v['bf16'] - v['fp32']:+.2f} | "
                              f"{-e['fp32']:.2f} | {-e['bf16']:.2f} | {t['fp32'] / 60:,.1f} min | {t['bf16'] / 60:,.1f} min | {speed} |")
             f = r["fp32_record"]
-            note = (f"`{name}`: the float32 record is commit `{f['commit']}` ({f['date'][:16]}, {f['device']}), the run evaluated under bf16 "
-                    f"commit `{r['commit']}` ({r['bf16_device']}); training time {r['train_time_s']['fp32']:.0f} s and {r['train_time_s']['bf16']:.0f} s, "
-                    + (f"{r['steps']['bf16']:,} steps each." if r["steps"]["bf16"] == r["steps"]["fp32"] else f"{r['steps']['fp32']:,} and {r['steps']['bf16']:,} steps."))
-            if same is None: note += (" The same device label, but the float32 record carries no calibration, so whether the machine ran at the same "
-                                      "speed is unknown: the speed-up is not shown (see 'Same label, different speed').")
-            elif not same: note += " The two ran on machines of different speeds (labels or calibrations): their times are not comparable."
+            note = (f"`{name}`: the float32 record is commit `{f['commit']}` ({f['date'][:16]}), the run evaluated under bf16 commit `{r['commit']}`"
+                    + _speed_caveat(r) + f"; training time {r['train_time_s']['fp32']:.0f} s and {r['train_time_s']['bf16']:.0f} s, " + _steps(r))
             notes.append(note + (f" {r['note']}" if r.get("note") else ""))
         lines += ["", ":::", "", *notes, "", *[_machine(r) for r in newest_eval.values()], ""]
     lines += ["## Same label, different speed", "",

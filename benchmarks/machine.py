@@ -4,11 +4,11 @@ the time of one fixed float32 workload, so that speeds from two records are comp
     python benchmarks/machine.py          # prints this machine's description and calibration as JSON
 
 A device label such as "CPU: AMD EPYC, 2 threads" names a processor, not a speed: on the virtual machines these benchmarks run on,
-records under that one label measured the same recipes 2-3x apart (the Performance page's "Same label, different speed" section).
+records under that one label measured the same code 1.7-2.7x apart (the Performance page's "Same label, different speed" section).
 The calibration is a small convolutional network's float32 training step (forward and backward, batch 64, 64 channels at 14x14,
 about the Ladder VAE's size), at the torch thread count the record uses: the fastest of 20 repeats after a warm-up, a few seconds in
 all. The fastest, not the median, because these machines' speed also wanders from minute to minute (medians of one session ranged
-over 85-126 ms, the fastest over 80-91 ms). Two calibrations within 15% are "the same speed"; anything else, or a record without one,
+over 85-126 ms, the fastest over 75-91 ms). It times the CPU only: a GPU record's calibration says nothing about its GPU. Two calibrations within 15% are "the same speed"; anything else, or a record without one,
 is not compared.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def summary(machine: dict | None) -> str:
     c, cpu = machine["calibration"], machine.get("cpu", {})
     ident = ", ".join(f"{k} {cpu[k]}" for k in ("family", "model", "stepping") if k in cpu)
     if "mhz" in cpu: ident += f", {float(cpu['mhz']):,.0f} MHz"
-    return f"calibration {c['ms']:.0f} ms per fixed step at {c['threads']} threads (lower is faster)" + (f"; {ident}" if ident else "")
+    return f"CPU calibration {c['ms']:.0f} ms per fixed step at {c['threads']} threads (lower is faster)" + (f"; {ident}" if ident else "")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def test_amp_train_compares_each_k_both_runs_have_and_the_page_shows_it(tmp_path
                                  command="python benchmarks/amp_train.py vae-seed-meanfield")))
     text = bench.page([], [], [], [p])                                      # calibrated, within 15%: the speed-up is shown
     assert "| `vae-seed-meanfield` | 128 | 10,000 | 96.89 | 96.95 | +0.06 | 100.00 | 100.20 | 20,000 | 30,000 | 1.50x |" in text
-    assert "calibration 110 ms per fixed step at 2 threads" in text
+    assert "CPU calibration 110 ms per fixed step at 2 threads" in text
     p.write_text(json.dumps(dict(json.loads(p.read_text()), machine=cal(200.0))))
     text = bench.page([], [], [], [p])                                      # calibrated 2x apart: not compared
     assert "| 20,000 | 30,000 | – |" in text and "their calibrations differ by more than 15%" in text
@@ -156,7 +156,7 @@ def test_machine_identity_calibration_and_same_speed():
     assert machine.same_speed(cal(100), cal(100, threads=1)) is False             # another thread count is another machine
     assert machine.same_speed(None, cal(100)) is None and machine.same_speed({}, cal(100)) is None   # a record without one: unknown
     assert machine.summary(dict(cpu=ident, calibration=dict(ms=78.2, threads=2))) == (
-        "calibration 78 ms per fixed step at 2 threads (lower is faster); family 25, model 17, stepping 1, 2,596 MHz")
+        "CPU calibration 78 ms per fixed step at 2 threads (lower is faster); family 25, model 17, stepping 1, 2,596 MHz")
     assert machine.summary(None) == ""
 
 
