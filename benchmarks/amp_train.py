@@ -4,6 +4,7 @@ record of the same recipe that the book prints (book/results/NAME*.json).
     python benchmarks/amp_train.py vae-seed-meanfield           # trains runs/vae-seed-meanfield-bf16 (resumes it if stopped)
     python benchmarks/amp_train.py lvae-mnist-cpu --iw 100 --eval-amp   # evaluated at K=100 only, under bf16 autocast
     python benchmarks/amp_train.py lvae-mnist-cpu --fp32 --iw 1000 --eval-amp   # trained in float32 as the record was, only the evaluation under bf16
+    python benchmarks/amp_train.py iaf-seed --compile           # bf16 and compiled (lvmkit train --amp --compile): the seeds' fastest side
     python benchmarks/bench.py --page                           # shows the newest record on the book's Performance page
 
 The bf16 run is the recipe unchanged but for TrainConfig(amp=True): same seed, steps, batch, optimiser and evaluation (float32, the
@@ -13,7 +14,8 @@ beside the float32 record's: NLL at each K, test ELBO, training examples/s and t
 so their difference holds run-to-run variation as well as bf16's own effect; a difference of a few tenths of a nat says "the same within
 what one run can tell". With `--fp32` the run is trained in float32 like the record (`lvmkit train NAME --no-amp`, folder NAME-fp32)
 and only its evaluation runs under bf16 (`--eval-amp` is required): the record then measures what bf16 evaluation alone does to the
-number and to the evaluation time of the whole test set. The float32 record must come from this machine, or the speed column means nothing:
+number and to the evaluation time of the whole test set. `--compile` trains it compiled (`lvmkit train --compile`: the loss and the optimizer's
+update under torch.compile, the same run up to rounding), as the compiled sides of benchmarks/seeds.py time it. The float32 record must come from this machine, or the speed column means nothing:
 the Performance page shows a speed-up only where both sides carry a calibration that agrees (benchmarks/machine.py), and a book record
 carries only its device label, so it prints the two rates and says why it does not divide them.
 Nothing else should run on the machine while it trains. Not part of CI.
@@ -66,6 +68,7 @@ def main() -> int:
     ap.add_argument("--eval-amp", action="store_true", help="evaluate the bf16 run under bf16 autocast too (lvmkit train --eval-amp)")
     ap.add_argument("--fp32", action="store_true", help="train in float32 as the record was (lvmkit train --no-amp; run folder RECIPE-fp32): "
                                                         "only the evaluation runs under bf16, so --eval-amp is required")
+    ap.add_argument("--compile", action="store_true", help="train compiled (lvmkit train --compile): the loss module and the optimizer's step under torch.compile")
     a = ap.parse_args()
     if a.fp32 and not a.eval_amp: ap.error("--fp32 without --eval-amp would repeat the float32 record: add --eval-amp")
     fp32 = records(Path(a.results), a.recipe)
@@ -80,6 +83,7 @@ def main() -> int:
     if a.max_time: argv += ["--max-time", str(a.max_time)]
     if a.iw: argv += ["--iw", *map(str, a.iw)]
     if a.eval_amp: argv += ["--eval-amp"]
+    if a.compile: argv += ["--compile"]
     if lvmkit(argv) != 0: return 1
     bf16 = records(run / "records", f"{a.recipe}-{tag}")
     if not bf16: print(f"{run}: not finished; rerun the same command to resume"); return 0
@@ -88,8 +92,8 @@ def main() -> int:
         print(f"warning: the float32 record was measured on {c['fp32_record']['device']}, this run on {c['bf16_device']}: speeds are not comparable")
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware("cpu"), threads=torch.get_num_threads(),
                torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT), recipe=a.recipe,
-               trained="float32" if a.fp32 else "bf16", machine=describe(),
-               command=f"python benchmarks/amp_train.py {a.recipe}" + (" --fp32" if a.fp32 else "") + (f" --iw {' '.join(map(str, a.iw))}" if a.iw else "")
+               trained="float32" if a.fp32 else "bf16", compiled=a.compile, machine=describe(),
+               command=f"python benchmarks/amp_train.py {a.recipe}" + (" --fp32" if a.fp32 else "") + (" --compile" if a.compile else "") + (f" --iw {' '.join(map(str, a.iw))}" if a.iw else "")
                        + (" --eval-amp" if a.eval_amp else ""), **c, **({"note": a.note} if a.note else {}))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"amp-train-{a.recipe}{'-fp32' if a.fp32 else ''}-{rec['date'][:10]}-{rec['commit']}.json"

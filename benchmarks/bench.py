@@ -110,6 +110,7 @@ def _train_note(name: str, r: dict) -> str:
     "The line under the bf16-training table for one amp-train record: provenance, hardware, times, and its note."
     f = r["fp32_record"]
     text = f"`{name}`: the float32 record is commit `{f['commit']}` ({f['date'][:16]}), the bf16 run commit `{r['commit']}`" + _speed_caveat(r)
+    if r.get("compiled"): text += ", trained compiled (`--compile`: the loss and the optimizer's update under torch.compile; the float32 record trained eagerly)"
     text += f"; training time {r['train_time_s']['fp32']:.0f} s and {r['train_time_s']['bf16']:.0f} s, " + _steps(r)
     for k, t in sorted(r.get("eval_time_s", {}).items(), key=lambda kv: int(kv[0])):
         if t["fp32"] and t["bf16"]:
@@ -193,7 +194,7 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
               "with `lvmkit train RECIPE --amp` (bf16 autocast in the forward pass; weights, gradients and optimiser state in float32; the "
               "evaluation in float32 unless the notes below the table say it ran under bf16 too: `--eval-amp`), beside the float32 record of the same recipe that the book prints. One training run on each side: "
               "the difference holds run-to-run variation as well as bf16's own effect. The training rates are whole runs' (the recipe's "
-              "training loop, eager as the recipe trains, with its data loading, logging and validation), not the single-step rates of the "
+              "training loop, eager as the recipe trains unless the note says `--compile`, with its data loading, logging and validation), not the single-step rates of the "
               "side-by-side below.", ""]
     loaded = [json.loads(p.read_text()) for p in (amp_train or [])]
     newest_train = {r["recipe"]: r for r in loaded if r.get("trained", "bf16") == "bf16"}        # the last bf16 run per recipe
@@ -269,7 +270,8 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
     lines += ["## Side by side with the seeds' own code", "",
               "Generated from `benchmarks/results/seeds-*.json` (each case's newest measurement), written by `python benchmarks/seeds.py` (see its docstring for how to "
               "check out the seed, which lvmkit does not ship). The seed's model is built from its own repository and trained with its own loss; "
-              "lvmkit's recipe of the same configuration is trained eagerly and compiled, in float32 and under bf16 autocast (`lvmkit train NAME --amp`; "
+              "lvmkit's recipe of the same configuration is trained eagerly and compiled (`lvmkit train NAME --compile`: the loss module and, in records "
+              "from commit `COMPILESTEP` on, the optimizer's step as well), in float32 and under bf16 autocast (`lvmkit train NAME --amp`; "
               "the seeds train in float32). Same machine, batch, optimiser and thread count, one "
               "fixed batch of real data, each side in a fresh process.", ""]
     if not seeds: lines += ["No side-by-side has been recorded yet.", ""]

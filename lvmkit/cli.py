@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="train under bf16 autocast (--amp) or in float32 (--no-amp) instead of the recipe's setting (default: bf16 on CUDA only); "
                         "the run is then named NAME-bf16 or NAME-fp32 (its run folder and records), so it never mixes with the recipe's run")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step, the loss and the optimizer's update (--compile), or not (--no-compile), instead of "
+                        "the recipe's setting: faster after a compile of a minute or so, the same run up to rounding (same name and folder; "
+                        "a run may be resumed with the other setting)")
     t.add_argument("--eval-amp", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate under bf16 autocast (--eval-amp) or in float32 (--no-eval-amp) instead of the recipe's setting: faster on CPUs "
                         "and GPUs with bf16 units, a slightly different estimate; the records' protocol says 'evaluated under bf16 autocast'")
@@ -128,6 +132,8 @@ def _train(a: argparse.Namespace) -> dict:
         if len(set(a.iw)) != len(a.iw): raise ValueError(f"--iw repeats a K: {a.iw}")
         ks = tuple(int(k) for k in a.iw)
         exp = replace(exp, evaluation=replace(exp.evaluation, k=ks), quick=replace(exp.quick, k=ks))
+    if a.compile is not None:            # how fast, not what is trained: the same run (TrainConfig.compile is resumable)
+        exp = replace(exp, train=replace(exp.train, compile=a.compile))
     if a.eval_amp is not None:           # how the number is measured, not what is trained: the same run, its records say which
         exp = replace(exp, evaluation=replace(exp.evaluation, amp=a.eval_amp))
     init_distributed()   # under torchrun: join the process group, so fit trains data-parallel; a no-op otherwise

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
@@ -26,10 +26,11 @@ _all_ = ["RESUMABLE_FIELDS", "save_checkpoint", "load_checkpoint", "check_compat
          "set_rng_state", "check_resumable"]   # lvmkit.checkpoint's names, re-exported: `from lvmkit.training import load_model` keeps working
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'LR_SCHEDULES', 'TrainConfig', 'lr_factor', 'make_optimizer', 'as_dataset', 'first_tensor',
-           'EpochBatches', 'nll_loss', 'log_prob_score', 'LossModule', 'StepOutput', 'train_step', 'evaluate_mean',
-           'init_distributed', 'TrainResult', 'fit', 'RESUMABLE_FIELDS', 'save_checkpoint', 'load_checkpoint',
-           'check_compatible', 'ema_weights', 'load_model', 'rng_state', 'set_rng_state', 'check_resumable']
+__all__ = ['OPTIMIZERS', 'LR_SCHEDULES', 'TrainConfig', 'lr_factor', 'make_optimizer', 'set_lr_kind', 'compile_step',
+           'as_dataset', 'first_tensor', 'EpochBatches', 'nll_loss', 'log_prob_score', 'LossModule', 'StepOutput',
+           'train_step', 'evaluate_mean', 'init_distributed', 'TrainResult', 'fit', 'RESUMABLE_FIELDS',
+           'save_checkpoint', 'load_checkpoint', 'check_compatible', 'ema_weights', 'load_model', 'rng_state',
+           'set_rng_state', 'check_resumable']
 
 # %% ../nbs/04_training.ipynb #c34929a1
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax, "rmsprop": torch.optim.RMSprop}
@@ -56,7 +57,7 @@ class TrainConfig:
     patience: int | None = None    # early stopping: evaluations without validation improvement
     log_every: int = 100
     amp: bool | None = None        # bf16 autocast; None = on for CUDA, off elsewhere
-    compile: bool = False          # torch.compile the training forward
+    compile: bool = False          # torch.compile the training forward and the optimizer step
     seed: int = 0
     on_nonfinite: str = "raise"    # raise | skip
 
@@ -90,14 +91,33 @@ def lr_factor(config: TrainConfig, step: int) -> float:
 
 # %% ../nbs/04_training.ipynb #4807b209
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    "The optimizer `config` names, fused or foreach where torch offers it on `device`."
+    """The optimizer `config` names, fused or foreach where torch offers it on `device`. With `config.compile` its step is compiled
+    instead (`compile_step`), which fuses the update itself: the learning rate is then a tensor, so that the schedule changes it in place."""
     params = [p for p in params if p.requires_grad]
     if not params: raise ValueError("the model has no parameters that require a gradient; nothing to train")
     cls, kw = OPTIMIZERS[config.optimizer], {}
-    if torch.device(device).type == "cuda":
+    if torch.device(device).type == "cuda" and not config.compile:
         sig = inspect.signature(cls).parameters
         kw = {"fused": True} if "fused" in sig else {"foreach": True} if "foreach" in sig else {}
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay, **kw)
+    opt = cls(params, lr=config.lr, weight_decay=config.weight_decay, **kw)
+    set_lr_kind(opt, tensor=config.compile)
+    return opt
+
+def set_lr_kind(optimizer: torch.optim.Optimizer, tensor: bool, scheduler: LRScheduler | None = None) -> None:
+    """Hold each group's learning rate as a 0-d tensor (for a compiled step: a Python float would be a constant of the compiled code,
+    recompiled at every change of the schedule) or as a float (eager), keeping its value; also after `load_state_dict`. A scheduler's
+    base rates become floats, so that it fills a tensor rate in place and sets a float one, whichever kind the run saved."""
+    for g in optimizer.param_groups:
+        for key in ("lr", "initial_lr"):
+            if key in g: g[key] = torch.tensor(float(g[key]), dtype=torch.float64) if tensor else float(g[key])   # float64: the same value
+    if scheduler is not None: scheduler.base_lrs = [float(b) for b in scheduler.base_lrs]
+
+def compile_step(optimizer: torch.optim.Optimizer) -> Callable[[], Any]:
+    "`optimizer.step` under torch.compile: one fused kernel per update instead of several passes over every parameter."
+    if not all(isinstance(g["lr"], Tensor) for g in optimizer.param_groups):
+        raise ValueError("compile_step needs the learning rates held as tensors (set_lr_kind(optimizer, tensor=True)); "
+                         "with floats every change of the schedule would recompile the step")
+    return torch.compile(optimizer.step)
 
 # %% ../nbs/04_training.ipynb #145eeadd
 def as_dataset(data: Dataset | Tensor) -> Dataset:
@@ -210,7 +230,9 @@ def _scalar_metrics(metrics: Any) -> dict[str, Any]:
 
 # %% ../nbs/04_training.ipynb #f7ea0e1c
 def train_step(module: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, step: int, grad_clip: float | None = None,
-               amp: bool = False, on_nonfinite: str = "raise", stop: bool = False) -> StepOutput:
+               amp: bool = False, on_nonfinite: str = "raise", stop: bool = False,
+               optimizer_step: Callable[[], Any] | None = None, # what updates the parameters (e.g. compile_step(optimizer)); default optimizer.step
+              ) -> StepOutput:
     "One guarded update: forward (bf16 autocast if `amp`), backward, grad norm and clipping, finiteness check, optimizer.step()."
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -232,7 +254,7 @@ def train_step(module: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, s
             raise FloatingPointError(f"non-finite loss or gradient at step {step}: loss={loss_v}, grad norm={gnorm_v}; "
                                      "the parameters were not updated (TrainConfig(on_nonfinite='skip') skips such steps)")
         return StepOutput(loss_v, gnorm_v, metrics, True, stop_v > 0)
-    optimizer.step()
+    (optimizer_step or optimizer.step)()
     return StepOutput(loss_v, gnorm_v, metrics, False, stop_v > 0)
 
 # %% ../nbs/04_training.ipynb #ada0723d
@@ -343,6 +365,7 @@ class _Run:
     rank: int = 0
     world: int = 1
     ema: AveragedModel | None = None
+    optimizer_step: Callable | None = None   # compile_step(optimizer) when config.compile, else optimizer.step
     state: _RunState = field(default_factory=_RunState)
     history: list[dict] = field(default_factory=list)   # the records of metrics.jsonl
     window: _Window = field(default_factory=_Window)
@@ -382,7 +405,9 @@ def _new_run(model: nn.Module, train_data: Dataset | Tensor, valid_data: Dataset
     model.to(device)
     batches = EpochBatches(train_data, config.batch_size // world, config.seed, rank, world, device)
     optimizer = make_optimizer(list(model.parameters()), config, device)
-    return _Run(config, model, LossModule(model, loss_fn or nll_loss), optimizer, LambdaLR(optimizer, lambda s: lr_factor(config, s)), batches,
+    scheduler = LambdaLR(optimizer, lambda s: lr_factor(config, s))
+    set_lr_kind(optimizer, config.compile, scheduler)
+    return _Run(config, model, LossModule(model, loss_fn or nll_loss), optimizer, scheduler, batches,
                 device, amp=config.amp if config.amp is not None else device.type == "cuda", valid_data=valid_data,
                 valid_fn=valid_fn or log_prob_score, monitor=monitor, run_dir=Path(run_dir) if run_dir is not None else None, rank=rank, world=world)
 
@@ -430,6 +455,7 @@ def _resume_run(run: _Run, ckpt: dict) -> None:
     "Continue from `ckpt` (run_dir/last.pt): weights, optimizer, schedule, run state, random state and log."
     check_resumable(run.config, ckpt, run.run_dir / "last.pt"); check_compatible(run.model, ckpt)
     run.model.load_state_dict(ckpt["model"]); run.optimizer.load_state_dict(ckpt["optimizer"]); run.scheduler.load_state_dict(ckpt["scheduler"])
+    set_lr_kind(run.optimizer, run.config.compile, run.scheduler)      # the checkpoint may come from a run with the other setting
     run.state = _RunState(**ckpt["state"])
     run.saved_at = run.state.step
     rngs = ckpt["rng"]                                                   # one per rank of the run that wrote it
@@ -487,9 +513,10 @@ def _evaluate(run: _Run) -> None:
 # %% ../nbs/04_training.ipynb #0447408e
 def _take_step(run: _Run, x: Tensor, stop: bool = False) -> StepOutput:
     "One step of the run: `train_step`, then the schedule, the EMA, the counters and the log window."
-    lr = run.optimizer.param_groups[0]["lr"]
+    lr = float(run.optimizer.param_groups[0]["lr"])
     t0 = time.perf_counter()
-    out = train_step(run.module, run.optimizer, x, run.state.step, run.config.grad_clip, run.amp, run.config.on_nonfinite, stop=stop)
+    out = train_step(run.module, run.optimizer, x, run.state.step, run.config.grad_clip, run.amp, run.config.on_nonfinite, stop=stop,
+                     optimizer_step=run.optimizer_step)
     run.scheduler.step()
     if run.ema is not None and not out.skipped: run.ema.update_parameters(run.model)
     dt = time.perf_counter() - t0
@@ -610,7 +637,7 @@ def fit(model: nn.Module,
         else: _resume_run(run, ckpt)
         run.module = _ddp(run.module, run.world, run.device)                 # under DDP every rank now holds rank 0's weights
         run.ema = _make_ema(model, config.ema_decay, None if ckpt is None else ckpt["ema"])
-        if config.compile: run.module = torch.compile(run.module)
+        if config.compile: run.module, run.optimizer_step = torch.compile(run.module), compile_step(run.optimizer)
         del ckpt
         end = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
         deadline = None if max_time_s is None else t_start + max_time_s

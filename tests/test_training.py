@@ -340,6 +340,45 @@ def test_amp_and_compile_match_eager():
     for p, q in zip(compiled.model.parameters(), eager.model.parameters()): assert torch.allclose(p, q, atol=1e-5)
 
 
+def test_compiled_optimizer_step_follows_the_schedule_without_recompiling():
+    from lvmkit.training import compile_step, make_optimizer, set_lr_kind
+    from torch.optim.lr_scheduler import LambdaLR
+    cfg = TrainConfig(steps=6, optimizer="rmsprop", lr=0.05, lr_schedule="cosine", lr_warmup_steps=2, compile=True)
+    torch.manual_seed(0); a = nn.Linear(5, 3); b = nn.Linear(5, 3); b.load_state_dict(a.state_dict())
+    oa, ob = make_optimizer(list(a.parameters()), cfg, "cpu"), make_optimizer(list(b.parameters()), replace(cfg, compile=False), "cpu")
+    assert isinstance(oa.param_groups[0]["lr"], torch.Tensor) and isinstance(ob.param_groups[0]["lr"], float)
+    sa, sb = LambdaLR(oa, lambda s: lr_factor(cfg, s)), LambdaLR(ob, lambda s: lr_factor(cfg, s))
+    set_lr_kind(oa, True, sa); set_lr_kind(ob, False, sb)
+    torch._dynamo.reset()                                                 # no cache entries of earlier tests' optimizers
+    step = compile_step(oa)
+    x = torch.randn(16, 5)
+    with torch._dynamo.config.patch(error_on_recompile=True):            # a new rate each step, and no recompilation
+        for i in range(6):
+            for m, o in ((a, oa), (b, ob)):
+                o.zero_grad(); (m(x) ** 2).mean().backward()
+            step(); ob.step(); sa.step(); sb.step()
+            assert float(oa.param_groups[0]["lr"]) == pytest.approx(ob.param_groups[0]["lr"], rel=1e-6)
+    assert len({round(float(r), 8) for r in sa.get_last_lr()}) == 1 and ob.param_groups[0]["lr"] != cfg.lr    # the rate did change
+    for p, q in zip(a.parameters(), b.parameters()): assert torch.allclose(p, q, atol=1e-6)
+    with pytest.raises(ValueError, match="learning rates held as tensors"): compile_step(ob)
+
+
+def test_a_run_resumes_across_the_compile_setting(tmp_path):
+    x = regression_data(128)
+    cfg = TrainConfig(steps=8, batch_size=32, lr=0.01, optimizer="rmsprop", lr_schedule="cosine", log_every=2, eval_every=4)
+    def run(folder, stop=None, **kw):
+        torch.manual_seed(0)
+        return fit(LinearGaussian(), x, config=replace(cfg, **kw), run_dir=tmp_path / folder, stop_at_step=stop, **CPU)
+    straight = run("straight")
+    run("mixed", stop=4, compile=True)                                   # compiled first, then eager: the saved tensor rate becomes a float
+    mixed = run("mixed")
+    assert mixed.steps == 8 and [h.get("lr") for h in mixed.history] == pytest.approx([h.get("lr") for h in straight.history])
+    for p, q in zip(mixed.model.parameters(), straight.model.parameters()): assert torch.allclose(p, q, atol=1e-5)
+    run("mixed2", stop=4)                                                 # eager first, then compiled
+    mixed2 = run("mixed2", compile=True)
+    for p, q in zip(mixed2.model.parameters(), straight.model.parameters()): assert torch.allclose(p, q, atol=1e-5)
+
+
 def test_total_training_time_survives_resume_and_old_checkpoints(tmp_path):
     from lvmkit.training import _logged_train_time
     hist = [{"step": 10, "examples_per_s": 100.0}, {"step": 10, "valid": 1.0}, {"step": 30, "examples_per_s": 50.0}]
