@@ -271,7 +271,7 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
               "Generated from `benchmarks/results/seeds-*.json` (each case's newest measurement), written by `python benchmarks/seeds.py` (see its docstring for how to "
               "check out the seed, which lvmkit does not ship). The seed's model is built from its own repository and trained with its own loss; "
               "lvmkit's recipe of the same configuration is trained eagerly and compiled (`lvmkit train NAME --compile`: the loss module and, in records "
-              "from commit `COMPILESTEP` on, the optimizer's step as well), in float32 and under bf16 autocast (`lvmkit train NAME --amp`; "
+              "from commit `1e5e1f7` on, the optimizer's step as well), in float32 and under bf16 autocast (`lvmkit train NAME --amp`; "
               "the seeds train in float32). Same machine, batch, optimiser and thread count, one "
               "fixed batch of real data, each side in a fresh process.", ""]
     if not seeds: lines += ["No side-by-side has been recorded yet.", ""]
