@@ -273,7 +273,9 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
               "lvmkit's recipe of the same configuration is trained eagerly and compiled (`lvmkit train NAME --compile`: the loss module and, in records "
               "from commit `1e5e1f7` on, the optimizer's step as well), in float32 and under bf16 autocast (`lvmkit train NAME --amp`; "
               "the seeds train in float32). Same machine, batch, optimiser and thread count, one "
-              "fixed batch of real data, each side in a fresh process.", ""]
+              "fixed batch of real data, each side in a fresh process. A record made with `--repeats N` measures every side N times in rounds "
+              "(each round runs every side once, so that a slow spell of the machine slows all sides alike) and shows the median rate with the "
+              "range; the ratio is between medians. One measurement of a side can be 20-30% off on a shared 2-core machine.", ""]
     if not seeds: lines += ["No side-by-side has been recorded yet.", ""]
     else:
         newest: dict[str, tuple[dict, dict, str]] = {}                          # case -> its newest measurement, from any record
@@ -296,7 +298,9 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
                 if "error" in s: lines.append(f"| {code} | failed: {s['error'][:80]} | | | |"); continue
                 ratio = f"{s['examples_per_s'] / base:.2f}x" if base else "–"
                 extra = f" (compile {s['warmup_s']:.0f} s, not counted)" if "compiled" in s["side"] else ""
-                lines.append(f"| {code} | {s['params'] / 1e6:.2f}M | {s['examples_per_s']:,.1f}{extra} | {s['ms_per_step']:,.{1 if s['ms_per_step'] < 100 else 0}f} | {ratio} |")
+                spread = (f" (median of {len(s['examples_per_s_runs'])}: {min(s['examples_per_s_runs']):,.0f}–{max(s['examples_per_s_runs']):,.0f})"
+                          if len(s.get("examples_per_s_runs", [])) > 1 else "")
+                lines.append(f"| {code} | {s['params'] / 1e6:.2f}M | {s['examples_per_s']:,.1f}{spread}{extra} | {s['ms_per_step']:,.{1 if s['ms_per_step'] < 100 else 0}f} | {ratio} |")
             lines.append("")
         lines.append("")
     return "\n".join(lines)

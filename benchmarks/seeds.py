@@ -186,6 +186,14 @@ def _seed_henrhoi(case: str, src: str, batch: int | None):
     return step, n, opt, dict(params=_count(trained), params_total=_count(model.parameters()))
 
 
+def median_run(runs: list[dict]) -> dict:
+    "One side's measurements as one: the run with the median rate (the lower middle one of an even count), with every rate in `examples_per_s_runs`."
+    ok = [r for r in runs if "error" not in r]
+    if not ok: return runs[-1]
+    mid = sorted(ok, key=lambda r: r["examples_per_s"])[(len(ok) - 1) // 2]
+    return dict(mid, examples_per_s_runs=[r["examples_per_s"] for r in ok]) if len(runs) > 1 else mid
+
+
 def run_seed(case: str, src: dict, batch: int | None, steps: int, warmup: int) -> dict:
     if case == "lvae-12": step, n, opt, counts = _seed_lvae(src["lvae_src"], src["boilr_src"], batch)
     elif case in ("vae-meanfield", "iaf"): step, n, opt, counts = _seed_altosaar(case, src["altosaar_src"], batch)
@@ -239,12 +247,15 @@ def main() -> int:
     ap.add_argument("--henrhoi-src", help="a checkout of henrhoi/vae-pytorch (vqvae, pixelcnn)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (for the compiled side: the compilation)")
+    ap.add_argument("--repeats", type=int, default=1, help="measure every side this many times, in rounds (each round runs every side once, "
+                                                           "so a slow spell of the machine hits all sides alike); the record keeps each rate and the median")
     ap.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES), help="which sides (default: all)")
     ap.add_argument("--batch", type=int, help="one batch size for every case and side instead of the seeds' (smoke tests only; the record says so)")
     ap.add_argument("--out", type=Path, help="the JSON record (default: benchmarks/results/seeds-<date>-<commit>.json)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--side", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.repeats < 1: ap.error(f"--repeats must be >= 1, got {a.repeats}")
     src = {k: getattr(a, k) for k in SOURCES}
     if a.side:                                                           # one side of one case, in this (fresh) process
         r = run_seed(a.case, src, a.batch, a.steps, a.warmup) if a.side == "seed" else \
@@ -257,20 +268,23 @@ def main() -> int:
     from lvmkit.core import default_device, describe_hardware, git_commit
     passed = [x for k in SOURCES if src[k] for x in (f"--{k.replace('_', '-')}", src[k])]
     common = ["--steps", str(a.steps), "--warmup", str(a.warmup)] + (["--batch", str(a.batch)] if a.batch else [])
+    rounds = ["--repeats", str(a.repeats)] if a.repeats > 1 else []
     cases = []
     for case in a.cases:
         c = CASES[case]
         commit = (subprocess.run(["git", "-C", src[c.sources[0]], "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
                   if src[c.sources[0]] else "") or "unknown"
-        sides = []
-        for side in a.sides:
-            r = subprocess.run([sys.executable, __file__, "--case", case, "--side", side, *passed, *common], capture_output=True, text=True, cwd=ROOT)
-            out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"side": side, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
-            sides.append(out); print(json.dumps({"case": case, **out}), flush=True)
+        runs: dict[str, list[dict]] = {side: [] for side in a.sides}
+        for _ in range(a.repeats):                                      # rounds: every side once per round
+            for side in a.sides:
+                r = subprocess.run([sys.executable, __file__, "--case", case, "--side", side, *passed, *common], capture_output=True, text=True, cwd=ROOT)
+                out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"side": side, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
+                runs[side].append(out); print(json.dumps({"case": case, **out}), flush=True)
+        sides = [median_run(v) for v in runs.values()]
         cases.append(dict(case=case, seed=f"{SOURCES[c.sources[0]][0]}@{commit}", what=c.what + (f" [smoke test: batch {a.batch}]" if a.batch else ""),
                           recipe=c.recipe + (" (prior stage)" if c.prior else ""), sides=sides))
     needed = [k for k in SOURCES if any(k in CASES[c].sources for c in a.cases) and "seed" in a.sides]
-    command = " ".join(["python benchmarks/seeds.py", "--cases", *a.cases, *[f"--{k.replace('_', '-')} {SOURCES[k][1]}" for k in needed], *common]
+    command = " ".join(["python benchmarks/seeds.py", "--cases", *a.cases, *[f"--{k.replace('_', '-')} {SOURCES[k][1]}" for k in needed], *common, *rounds]
                        + (["--sides", *a.sides] if list(a.sides) != list(SIDES) else []))
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware(default_device()), torch=torch.__version__,
                python=platform.python_version(), commit=git_commit(ROOT), threads=torch.get_num_threads(), command=command, cases=cases,

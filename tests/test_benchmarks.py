@@ -63,6 +63,25 @@ def test_performance_page_says_once_per_section_where_each_record_was_measured(t
     assert "| `vae-mlp` | 10 | 1,000 | 100 s | 50 s | 2.00x |" in text
 
 
+def test_repeated_sides_keep_the_median_run_and_the_page_shows_the_range(tmp_path):
+    seeds_mod, bench = _load("seeds"), _load("bench")
+    runs = [dict(side="seed", examples_per_s=v, ms_per_step=1000 * 128 / v) for v in (90.0, 120.0, 100.0)]
+    m = seeds_mod.median_run(runs)
+    assert m["examples_per_s"] == 100.0 and m["examples_per_s_runs"] == [90.0, 120.0, 100.0]
+    assert seeds_mod.median_run(runs[:2])["examples_per_s"] == 90.0                  # even count: the lower middle one
+    assert "examples_per_s_runs" not in seeds_mod.median_run(runs[:1])               # one measurement: as before
+    assert seeds_mod.median_run([dict(side="seed", error="boom")])["error"] == "boom"
+    assert seeds_mod.median_run([dict(side="seed", error="boom"), runs[0]])["examples_per_s"] == 90.0
+    base = dict(date="2026-12-01T05:00:00+00:00", hardware="2-core CPU", threads=2, torch="2.14.1", python="3.11.7", commit="ddddddd",
+                command="python benchmarks/seeds.py --cases a --repeats 3")
+    lv = [dict(side="lvmkit", params=1e5, examples_per_s=v, ms_per_step=1000 * 128 / v, warmup_s=0.1) for v in (150.0, 180.0, 140.0)]
+    f = tmp_path / "seeds-r.json"
+    f.write_text(json.dumps(dict(base, cases=[dict(case="a", seed="seed/a@c7b298e", what="what a", recipe="recipe-a",
+                                                   sides=[dict(m, params=1e5, warmup_s=0.1), seeds_mod.median_run(lv)])])))
+    text = bench.page([], [f], [])
+    assert "| lvmkit `recipe-a`, eager | 0.10M | 150.0 (median of 3: 140–180) | 853 | 1.50x |" in text
+
+
 def _rec(k, value, **kw):
     "A results record as lvmkit writes it (amp_train reads them with lvmkit.results.load_result, which checks every field)."
     return dict(dict(name="vae-seed-meanfield" if k == 128 else f"vae-seed-meanfield-iw{k}", model="vae", dataset="binarized_mnist",
