@@ -124,8 +124,10 @@ def _size(text: str) -> int:
 def _train(a: argparse.Namespace) -> dict:
     _positive("--max-time", a.max_time)
     exp = get_experiment(a.experiment)
+    def both_stages(**kw):               # a training setting holds for the prior stage of a two-stage recipe too (the VQ-VAE's PixelCNN)
+        return dict(train=replace(exp.train, **kw), prior=None if exp.prior is None else replace(exp.prior, train=replace(exp.prior.train, **kw)))
     if a.amp is not None:                # a precision other than the recipe's is another experiment: its own name, folder and records
-        exp = replace(exp, name=f"{exp.name}-{'bf16' if a.amp else 'fp32'}", train=replace(exp.train, amp=a.amp),
+        exp = replace(exp, name=f"{exp.name}-{'bf16' if a.amp else 'fp32'}", **both_stages(amp=a.amp),
                       description=f"{exp.description}; trained {'under bf16 autocast' if a.amp else 'in float32'} (lvmkit train --{'' if a.amp else 'no-'}amp)")
     if a.iw:
         for k in a.iw: _positive("--iw", k)
@@ -133,7 +135,7 @@ def _train(a: argparse.Namespace) -> dict:
         ks = tuple(int(k) for k in a.iw)
         exp = replace(exp, evaluation=replace(exp.evaluation, k=ks), quick=replace(exp.quick, k=ks))
     if a.compile is not None:            # how fast, not what is trained: the same run (TrainConfig.compile is resumable)
-        exp = replace(exp, train=replace(exp.train, compile=a.compile))
+        exp = replace(exp, **both_stages(compile=a.compile))
     if a.eval_amp is not None:           # how the number is measured, not what is trained: the same run, its records say which
         exp = replace(exp, evaluation=replace(exp.evaluation, amp=a.eval_amp))
     init_distributed()   # under torchrun: join the process group, so fit trains data-parallel; a no-op otherwise
