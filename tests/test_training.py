@@ -358,7 +358,7 @@ def test_compiled_optimizer_step_follows_the_schedule_without_recompiling():
                 o.zero_grad(); (m(x) ** 2).mean().backward()
             step(); ob.step(); sa.step(); sb.step()
             assert float(oa.param_groups[0]["lr"]) == pytest.approx(ob.param_groups[0]["lr"], rel=1e-6)
-    assert len({round(float(r), 8) for r in sa.get_last_lr()}) == 1 and ob.param_groups[0]["lr"] != cfg.lr    # the rate did change
+    assert float(oa.param_groups[0]["lr"]) != cfg.lr and ob.param_groups[0]["lr"] != cfg.lr              # the rate did change
     for p, q in zip(a.parameters(), b.parameters()): assert torch.allclose(p, q, atol=1e-6)
     with pytest.raises(ValueError, match="learning rates held as tensors"): compile_step(ob)
 
