@@ -86,6 +86,36 @@ def test_dead_codes_are_restarted_from_encoder_outputs():
     assert torch.equal(before, vq.codebook)                      # no updates in eval mode
 
 
+def test_the_quantizer_runs_in_float32_under_bf16_autocast():
+    """Under bf16 autocast (lvmkit train --amp, the default on CUDA) the quantizer gives the codes, codebook, EMA sums and restarts of float32
+    on the same input: a bf16 distance picks other codes, and the restart's index_put of bf16 rows into the float32 codebook used to fail."""
+    torch.manual_seed(0)
+    z = (torch.randn(4, 16, 8, 8) * 3).bfloat16()                      # what an encoder gives under autocast
+    ref, amp = (VectorQuantizer(n_codes=64, dim=16, ema=True, restart_after=2) for _ in range(2))
+    amp.load_state_dict(ref.state_dict())
+    for step in range(2):                                              # codes unused in both steps restart at the end of the second
+        torch.manual_seed(step); a = ref(z.float())
+        torch.manual_seed(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16): b = amp(z)
+        assert torch.equal(a.codes, b.codes) and torch.equal(a.perplexity, b.perplexity)
+    for name, t in ref.state_dict().items():
+        assert amp.state_dict()[name].dtype == t.dtype and torch.equal(amp.state_dict()[name], t), name
+    flat = z.float().permute(0, 2, 3, 1).reshape(-1, 16)
+    assert (torch.cdist(amp.codebook, flat).min(1).values == 0).sum() > 0 and amp.codebook.dtype == torch.float32   # some codes restarted
+    near = VectorQuantizer(n_codes=64, dim=16)                          # codes close together far from 0: where bf16 distances fail
+    with torch.no_grad(): near.codebook.copy_(10 + 0.1 * torch.randn(64, 16))
+    zn = 10 + 0.1 * torch.randn(1, 16, 8, 8)
+    fn = zn.permute(0, 2, 3, 1).reshape(-1, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = near(zn).codes.flatten()
+        bf16 = (fn.pow(2).sum(1, keepdim=True) - 2 * fn @ near.codebook.t() + near.codebook.pow(2).sum(1)).argmin(1)
+    assert torch.equal(codes, torch.cdist(fn, near.codebook).argmin(1))
+    assert (bf16 != codes).float().mean() > 0.5                         # the same distance in bf16 picks other codes
+    km = VectorQuantizer(n_codes=8, dim=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16): km.kmeans_init(z)
+    assert km.codebook.dtype == km.ema_sum.dtype == torch.float32
+
+
 def test_kmeans_init_uses_the_codebook():
     torch.manual_seed(0)
     centres = torch.tensor([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0], [0.0, -5.0]])

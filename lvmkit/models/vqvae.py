@@ -77,9 +77,10 @@ class VectorQuantizer(nn.Module):
         self.check_latents(z_e)
         B, D, H, W = z_e.shape
         flat = z_e.permute(0, 2, 3, 1).reshape(-1, D)                              # (B*H*W, D)
-        codes = self.nearest(flat.detach().float())                               # (B*H*W,)
-        onehot = F.one_hot(codes, self.n_codes).type(flat.dtype)                  # (B*H*W, K)
-        if self.training: self._update(flat.detach(), onehot)
+        with torch.autocast(z_e.device.type, enabled=False):                      # float32 even under bf16 autocast: a bf16 distance picks
+            codes = self.nearest(flat.detach().float())                           # wrong codes, and the EMA sums and restarts need float32
+            onehot = F.one_hot(codes, self.n_codes).float()                       # (B*H*W,), (B*H*W, K)
+            if self.training: self._update(flat.detach().float(), onehot)
         e = self.codebook[codes]                                                   # (B*H*W, D)
         codebook_loss = F.mse_loss(e, flat.detach()) if not self.ema else torch.zeros((), device=z_e.device)
         commitment_loss = F.mse_loss(flat, e.detach())
@@ -108,7 +109,10 @@ class VectorQuantizer(nn.Module):
     def kmeans_init(self, z_e: Tensor, iters: int = 10) -> None:
         "Initialise the codebook by k-means (k-means++ seeding) on encoder outputs z_e (B, D, H, W)."
         self.check_latents(z_e)
-        flat = z_e.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
+        with torch.autocast(z_e.device.type, enabled=False): self._kmeans(z_e.permute(0, 2, 3, 1).reshape(-1, self.dim).float(), iters)
+
+    def _kmeans(self, flat: Tensor, iters: int) -> None:
+        "k-means on the rows of flat (N, D), float32; the centres become the codebook."
         if len(flat) < self.n_codes: raise ValueError(f"k-means needs at least n_codes={self.n_codes} vectors, got {len(flat)}")
         centres = flat[torch.randint(len(flat), (1,), device=flat.device)]
         while len(centres) < self.n_codes:                                          # k-means++: far points are likelier
