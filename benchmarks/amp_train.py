@@ -5,12 +5,14 @@ record of the same recipe that the book prints (book/results/NAME*.json).
     python benchmarks/amp_train.py lvae-mnist-cpu --iw 100 --eval-amp   # evaluated at K=100 only, under bf16 autocast
     python benchmarks/amp_train.py lvae-mnist-cpu --fp32 --iw 1000 --eval-amp   # trained in float32 as the record was, only the evaluation under bf16
     python benchmarks/amp_train.py iaf-seed --compile           # bf16 and compiled (lvmkit train --amp --compile): the seeds' fastest side
+    python benchmarks/amp_train.py vqvae-cifar10-cpu            # both stages under bf16 (the VQ-VAE, then its PixelCNN prior); both compared
     python benchmarks/bench.py --page                           # shows the newest record on the book's Performance page
 
 The bf16 run is the recipe unchanged but for TrainConfig(amp=True): same seed, steps, batch, optimiser and evaluation (float32, the
 recipe's K and test images), unless `--iw` (other K: `lvmkit train --iw`) or `--eval-amp` (the evaluation under bf16 autocast too:
 `lvmkit train --eval-amp`) say otherwise; the record says which. It writes its records to its run folder, never to book/results. The record here puts each of its numbers
-beside the float32 record's: NLL at each K, test ELBO, training examples/s and training time. The two are single training runs each,
+beside the float32 record's: NLL at each K (and bits/dim where the records have it), test ELBO, training examples/s and training time;
+for a two-stage recipe the whole model's record (RECIPE-STAGE: the first stage with its fitted prior) is compared the same way. The two are single training runs each,
 so their difference holds run-to-run variation as well as bf16's own effect; a difference of a few tenths of a nat says "the same within
 what one run can tell". With `--fp32` the run is trained in float32 like the record (`lvmkit train NAME --no-amp`, folder NAME-fp32)
 and only its evaluation runs under bf16 (`--eval-amp` is required): the record then measures what bf16 evaluation alone does to the
@@ -54,7 +56,19 @@ def compare(fp32: dict[int, dict], bf16: dict[int, dict]) -> dict:
                 train_time_s=dict(fp32=f["wall_time_s"], bf16=b["wall_time_s"]),
                 eval_time_s={k: dict(fp32=fp32[k]["eval_time_s"], bf16=bf16[k]["eval_time_s"]) for k in ks},
                 eval_amp="evaluated under bf16 autocast" in b["protocol"],
-                fp32_record=dict(commit=f["commit"], device=f["device"], date=f["date"]), bf16_device=b["device"])
+                fp32_record=dict(commit=f["commit"], device=f["device"], date=f["date"]), bf16_device=b["device"],
+                **({"bpd": {k: dict(fp32=fp32[k]["bpd"], bf16=bf16[k]["bpd"]) for k in ks}}
+                   if all(fp32[k].get("bpd") is not None and bf16[k].get("bpd") is not None for k in ks) else {}))
+
+
+def compare_prior_stage(results: Path, run_records: Path, recipe: str, tag: str, stage: str) -> dict | None:
+    """The second stage of a two-stage recipe (the VQ-VAE's PixelCNN prior), compared as the first: the whole model's records
+    RECIPE-STAGE (float32, in `results`) and RECIPE-TAG-STAGE (this run). None, with a warning, if the book has no float32 record of it."""
+    fp32 = records(results, f"{recipe}-{stage}")
+    if not fp32: print(f"warning: no float32 record {results / (recipe + '-' + stage + '.json')}: the prior stage is not compared"); return None
+    run = records(run_records, f"{recipe}-{tag}-{stage}")
+    if not run: raise ValueError(f"{run_records}: no record {recipe}-{tag}-{stage}.json of the prior stage, though the run finished")
+    return dict(name=stage, **compare(fp32, run))
 
 
 def main() -> int:
@@ -88,6 +102,10 @@ def main() -> int:
     bf16 = records(run / "records", f"{a.recipe}-{tag}")
     if not bf16: print(f"{run}: not finished; rerun the same command to resume"); return 0
     c = compare(fp32, bf16)
+    from lvmkit.experiments import get_experiment
+    stage = get_experiment(a.recipe).prior                 # a two-stage recipe: its prior stage is compared too
+    if stage is not None and (p := compare_prior_stage(Path(a.results), run / "records", a.recipe, tag, stage.name)) is not None:
+        c["prior_stage"] = p
     if c["fp32_record"]["device"] != c["bf16_device"]:
         print(f"warning: the float32 record was measured on {c['fp32_record']['device']}, this run on {c['bf16_device']}: speeds are not comparable")
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware("cpu"), threads=torch.get_num_threads(),

@@ -116,6 +116,12 @@ def _train_note(name: str, r: dict) -> str:
         if t["fp32"] and t["bf16"]:
             text += (f" Evaluation at K={int(k):,}: {t['fp32']:,.0f} s (float32) and {t['bf16']:,.0f} s"
                      + (" (the bf16 run evaluated under bf16 autocast)." if r.get("eval_amp") else " (float32)."))
+    if (ps := r.get("prior_stage")):
+        text += (f" With the `{ps['name']}` prior (stage 2) the whole training took {ps['train_time_s']['fp32']:.0f} s and {ps['train_time_s']['bf16']:.0f} s "
+                 f"({ps['steps']['fp32']:,} and {ps['steps']['bf16']:,} steps of both stages; its rate counts images, then code grids).")
+    for label, st in [("", r)] + ([(f" with the `{r['prior_stage']['name']}` prior", r["prior_stage"])] if r.get("prior_stage") else []):
+        for k, b in sorted(st.get("bpd", {}).items(), key=lambda kv: int(kv[0])):
+            text += f" In bits/dim{label}: {b['fp32']:.4f} (float32) and {b['bf16']:.4f} (bf16), {b['bf16'] - b['fp32']:+.4f}."
     return text + (f" {r['note']}" if r.get("note") else "")
 
 
@@ -204,11 +210,13 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
         lines += [":::{div} full-width", "", "| recipe | K | test images | NLL, float32 | bf16 | bf16 − float32 | −ELBO, float32 | bf16 | training (ex./s), float32 | bf16 | speed-up |",
                   "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
         for name, r in newest_train.items():
-            e, t = r["elbo"], r["train_examples_per_s"]
-            speed = f"{t['bf16'] / t['fp32']:.2f}x" if _speed_known(r) else "–"      # only between machines known to run at one speed; the note says why
-            for k, v in sorted(r["nll"].items(), key=lambda kv: int(kv[0])):
-                lines.append(f"| `{name}` | {int(k):,} | {v['test_n']:,} | {v['fp32']:.2f} | {v['bf16']:.2f} | {v['bf16'] - v['fp32']:+.2f} | "
-                             f"{-e['fp32']:.2f} | {-e['bf16']:.2f} | {t['fp32']:,.0f} | {t['bf16']:,.0f} | {speed} |")
+            stages = [(f"`{name}`", r)] + ([(f"`{name}` + `{r['prior_stage']['name']}` prior", r["prior_stage"])] if r.get("prior_stage") else [])
+            for label, st in stages:                                                 # a two-stage recipe: stage 1, then the whole model
+                e, t = st["elbo"], st["train_examples_per_s"]
+                speed = f"{t['bf16'] / t['fp32']:.2f}x" if _speed_known(r) else "–"      # only between machines known to run at one speed; the note says why
+                for k, v in sorted(st["nll"].items(), key=lambda kv: int(kv[0])):
+                    lines.append(f"| {label} | {int(k):,} | {v['test_n']:,} | {v['fp32']:.2f} | {v['bf16']:.2f} | {v['bf16'] - v['fp32']:+.2f} | "
+                                 f"{-e['fp32']:.2f} | {-e['bf16']:.2f} | {t['fp32']:,.0f} | {t['bf16']:,.0f} | {speed} |")
         lines += ["", ":::", ""] + [_train_note(name, r) for name, r in newest_train.items()]
         lines += ["", *[_machine(r) for r in newest_train.values()], ""]
     lines += ["## The whole test set, evaluated under bf16 autocast", "",

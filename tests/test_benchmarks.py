@@ -198,3 +198,33 @@ def test_same_label_section_lists_a_recipe_measured_twice_and_keeps_checks_out_o
     assert "| `lvae-mnist-cpu` | 2026-12-02 05:49 | `bbbbbbb` | 172 | 1,014 s | 78 ms | `2026-12-02-bbbbbbb.json` |" in same
     assert "| fastest / slowest | 2.37x | 2.01x | | |" in same and "- `machine-check-2026-12-02-aaaaaaa.json`: measured again" in same
     assert "No recipe has been measured twice" in bench.page([new], [], [], [], [])
+
+
+def test_a_two_stage_recipe_compares_its_prior_stage_too(tmp_path, capsys):
+    "The VQ-VAE: stage 1 (NAME) and the whole model with its prior (NAME-gated), each beside its float32 record, bits/dim included."
+    amp_train, bench = _load("amp_train"), _load("bench")
+    vq = lambda name, value, bpd, **kw: _rec(1, value, **{**dict(name=name, bpd=bpd, model="vqvae", dataset="cifar10", protocol="CIFAR-10"), **kw})
+    results, run = tmp_path / "results", tmp_path / "run"
+    results.mkdir(); run.mkdir()
+    for folder, tag, v1, v2, extra in [(results, "", 11164.9, 11063.5, {}),
+                                       (run, "-bf16", 11170.0, 11060.0, dict(commit="ddddddd", protocol="CIFAR-10; trained under bf16 autocast"))]:
+        (folder / f"vqvae-cifar10-cpu{tag}.json").write_text(json.dumps(vq(f"vqvae-cifar10-cpu{tag}", v1, v1 / 3072 / 0.6931471805599453, **extra)))
+        (folder / f"vqvae-cifar10-cpu{tag}-gated.json").write_text(json.dumps(vq(f"vqvae-cifar10-cpu{tag}-gated", v2, v2 / 3072 / 0.6931471805599453,
+                                                                                   steps=6000, wall_time_s=1400.0, **extra)))
+    c = amp_train.compare(amp_train.records(results, "vqvae-cifar10-cpu"), amp_train.records(run, "vqvae-cifar10-cpu-bf16"))
+    assert list(c["nll"]) == [1] and abs(c["bpd"][1]["bf16"] - c["bpd"][1]["fp32"] - 5.1 / 3072 / 0.6931471805599453) < 1e-9
+    p = amp_train.compare_prior_stage(results, run, "vqvae-cifar10-cpu", "bf16", "gated")
+    assert p["name"] == "gated" and p["nll"][1] == dict(fp32=11063.5, bf16=11060.0, test_n=10000) and p["steps"] == dict(fp32=6000, bf16=6000)
+    assert amp_train.compare_prior_stage(results, run, "vqvae-cifar10-cpu", "bf16", "pixelcnn") is None   # no float32 record: not compared, said
+    assert "no float32 record" in capsys.readouterr().out
+    (results / "vqvae-cifar10-cpu-pixelcnn.json").write_text((results / "vqvae-cifar10-cpu-gated.json").read_text().replace("-gated", "-pixelcnn"))
+    with pytest.raises(ValueError, match="no record vqvae-cifar10-cpu-bf16-pixelcnn.json of the prior stage"):
+        amp_train.compare_prior_stage(results, run, "vqvae-cifar10-cpu", "bf16", "pixelcnn")
+    out = tmp_path / "amp-train-vqvae.json"
+    out.write_text(json.dumps(dict(c, prior_stage=p, recipe="vqvae-cifar10-cpu", date="2026-12-02T20:00:00+00:00", commit="ddddddd",
+                                   hardware="2-core CPU", threads=2, torch="2.14.1", command="python benchmarks/amp_train.py vqvae-cifar10-cpu")))
+    text = bench.page([], [], [], [out])
+    assert "| `vqvae-cifar10-cpu` | 1 | 10,000 | 11164.90 | 11170.00 | +5.10 |" in text
+    assert "| `vqvae-cifar10-cpu` + `gated` prior | 1 | 10,000 | 11063.50 | 11060.00 | -3.50 |" in text
+    assert "With the `gated` prior (stage 2) the whole training took 1400 s and 1400 s (6,000 and 6,000 steps of both stages" in text
+    assert "In bits/dim: 5.2433 (float32) and 5.2457 (bf16), +0.0024." in text and "In bits/dim with the `gated` prior: 5.1957" in text
