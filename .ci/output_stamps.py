@@ -15,6 +15,11 @@ calls that draws or defines what it shows: every function or class defined in an
 `save_image` or `imshow`: `show_images`, `image_grid`, `save_samples`) with the lvmkit functions those call. Editing a plotting helper
 two cells up, or `lvmkit.experiments.show_images`, makes the figures drawn with it stale, by name.
 
+A cell that reads the book's records names them by a literal path ("../book/results/vae-mlp.json"): each such file's content is
+in the stamp too, so when an earlier chapter is run again and its record changes, the later chapters' tables that show it are stale.
+Those cells read nothing else and run alone: `python .ci/execute.py NB --cell ID` executes just that cell in a fresh kernel and
+stamps it.
+
 What it does not see: a change in the library's models, training or evaluation code (a different number, not a different drawing).
 Those outputs come from recorded runs, whose records carry the commit; CI's nbval run executes every cell in quick mode, and compares
 the outputs that do not depend on the mode (`.ci/nbval_outputs.py`).
@@ -40,6 +45,19 @@ def _parse(src: str) -> ast.Module | None:
     except SyntaxError: return None
 
 
+RECORDS = "book/results/"   # a string constant naming a file under it, ending in .json, is a record the cell reads
+
+
+def _records(tree: ast.AST, folder: Path | None) -> dict[str, str]:
+    "{path as written: digest of the file's content ('missing' if absent)} of every record path the cell names literally."
+    out = {}
+    for n in ast.walk(tree):
+        if folder is not None and isinstance(n, ast.Constant) and isinstance(n.value, str) and RECORDS in n.value and n.value.endswith(".json"):
+            f = folder / n.value
+            out[n.value] = _short(f.read_text()) if f.is_file() else "missing"
+    return out
+
+
 def _names(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
@@ -54,8 +72,9 @@ def _lvmkit_closure(obj, seen: dict) -> None:
         if inspect.isfunction(f) and f.__module__.startswith("lvmkit"): _lvmkit_closure(f, seen)
 
 
-def uses(nb: dict) -> list[dict]:
-    "For each cell, {name: digest} of the code it calls that is defined outside it (see the module's docstring)."
+def uses(nb: dict, folder: Path | None = None) -> list[dict]:
+    """For each cell, {name: digest} of the code it calls that is defined outside it, and of the records it names, read from the
+    notebook's `folder` (see the module's docstring)."""
     defs: dict[str, tuple[str, set[str]]] = {}         # name -> (its source, the names it uses), the latest definition so far
     imported: dict[str, tuple[str, str]] = {}          # local name -> (lvmkit module, name)
     out = []
@@ -74,6 +93,7 @@ def uses(nb: dict) -> list[dict]:
                     try: obj = getattr(importlib.import_module(mod), attr)
                     except (ImportError, AttributeError): continue
                     if inspect.isfunction(obj) and any(w in inspect.getsource(obj) for w in DRAWS): _lvmkit_closure(obj, found)
+            found.update(_records(tree, folder))
             for node in tree.body:                      # this cell's own definitions and imports, for the cells after it
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                     defs[node.name] = (ast.get_source_segment(src, node) or node.name, _names(node)); imported.pop(node.name, None)
@@ -83,12 +103,13 @@ def uses(nb: dict) -> list[dict]:
     return out
 
 
-def stamp(path: Path) -> int:
-    "Stamp every code cell that has outputs with its source's digest, and drop the stamp of cells without outputs; returns the cells stamped."
+def stamp(path: Path, only: set[str] | None = None) -> int:
+    """Stamp every code cell that has outputs with its source's digest, and drop the stamp of cells without outputs; returns the cells stamped.
+    `only`: the ids of the cells to stamp (the cells just executed); the others keep their stamps."""
     nb = json.loads(path.read_text())
     n = 0
-    for c, u in zip(nb["cells"], uses(nb)):
-        if c["cell_type"] != "code": continue
+    for c, u in zip(nb["cells"], uses(nb, path.parent)):
+        if c["cell_type"] != "code" or (only is not None and c.get("id") not in only): continue
         meta = c.setdefault("metadata", {})
         if c.get("outputs"):
             m = meta.setdefault("lvmkit", {}); m["source"] = digest(c); n += 1
@@ -104,15 +125,17 @@ def stamp(path: Path) -> int:
 def stale(path: Path) -> list[str]:
     "One line per code cell whose stored outputs do not come from its current source."
     nb, out = json.loads(path.read_text()), []
-    for i, (c, now) in enumerate(zip(nb["cells"], uses(nb))):
+    for i, (c, now) in enumerate(zip(nb["cells"], uses(nb, path.parent))):
         if c["cell_type"] != "code" or not c.get("outputs"): continue
         m = c.get("metadata", {}).get("lvmkit", {})
         s, then = m.get("source"), m.get("uses", {})
         changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
         if s != digest(c) or changed:
             first = next((l.strip() for l in "".join(c["source"]).splitlines() if l.strip()), "")[:70]
+            reads = [k for k in changed if RECORDS in k]
             why = ("no stamp" if s is None else "the source changed after the outputs were stored" if s != digest(c) else
-                   f"code it calls changed after the outputs were stored ({', '.join(changed[:4])})")
+                   f"code it calls changed after the outputs were stored ({', '.join(changed[:4])})" if not reads else
+                   f"a record it reads changed after the outputs were stored ({', '.join(reads[:4])}): python .ci/execute.py {path} --cell {c.get('id')}")
             out.append(f"{path} cell {i} (id {c.get('id')}): {why}: {first}")
     return out
 

@@ -88,3 +88,33 @@ def test_magics_and_shell_lines_do_not_break_the_stamp(tmp_path):
     p = _nb(tmp_path / "e.ipynb", [_code("def f():\n    return 1\n", None), _code("%matplotlib inline\n!echo hi\nprint(f())", "1\n")])
     stamps.stamp(p)
     assert set(json.loads(p.read_text())["cells"][1]["metadata"]["lvmkit"]["uses"]) == {"f"}
+
+
+def test_a_record_the_cell_reads_is_in_its_stamp_and_the_cell_runs_alone(tmp_path):
+    """A cell naming a record under book/results/ holds its digest: the record changing (an earlier chapter run again) makes the cell
+    stale, with the command that runs that cell alone; `.ci/execute.py NB --cell ID` does, and stamps only it."""
+    (tmp_path / "book" / "results").mkdir(parents=True); (tmp_path / "nbs").mkdir()
+    rec = tmp_path / "book" / "results" / "a.json"
+    rec.write_text('{"value": 1}')
+    reader = _code('import json\nprint(json.load(open("../book/results/a.json"))["value"])', "1\n")
+    reader["id"] = "reader"
+    other = _code("print(2)", "3\n"); other["id"] = "other"                    # a stale cell that --cell must leave alone
+    p = _nb(tmp_path / "nbs" / "r.ipynb", [reader, other])
+    stamps.stamp(p, {"reader"})
+    nb = json.loads(p.read_text())
+    assert nb["cells"][0]["metadata"]["lvmkit"]["uses"] == {"../book/results/a.json": stamps._short('{"value": 1}')}
+    assert "lvmkit" not in nb["cells"][1]["metadata"]                            # not in `only`: not stamped
+    assert [l for l in stamps.stale(p) if "cell 0" in l] == []
+    rec.write_text('{"value": 5}')
+    line = next(l for l in stamps.stale(p) if "cell 0" in l)
+    assert "a record it reads changed" in line and "../book/results/a.json" in line and f"python .ci/execute.py {p} --cell reader" in line
+    r = subprocess.run([sys.executable, str(ROOT / ".ci" / "execute.py"), str(p), "--cell", "reader"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    nb = json.loads(p.read_text())
+    out = lambda i: "".join(nb["cells"][i]["outputs"][0]["text"])
+    assert out(0) == "5\n" and out(1) == "3\n"                                 # only that cell ran
+    assert [l for l in stamps.stale(p) if "cell 0" in l] == [] and any("cell 1" in l for l in stamps.stale(p))
+    rec.unlink()
+    assert any("cell 0" in l and "a record it reads changed" in l for l in stamps.stale(p))   # a missing record is a change too
+    r = subprocess.run([sys.executable, str(ROOT / ".ci" / "execute.py"), str(p), "--cell", "nope"], capture_output=True, text=True)
+    assert r.returncode != 0 and "no code cell with id nope" in r.stderr
