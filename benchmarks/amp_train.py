@@ -6,6 +6,10 @@ record of the same recipe that the book prints (book/results/NAME*.json).
     python benchmarks/amp_train.py lvae-mnist-cpu --fp32 --iw 1000 --eval-amp   # trained in float32 as the record was, only the evaluation under bf16
     python benchmarks/amp_train.py iaf-seed --compile           # bf16 and compiled (lvmkit train --amp --compile): the seeds' fastest side
     python benchmarks/amp_train.py vqvae-cifar10-cpu            # both stages under bf16 (the VQ-VAE, then its PixelCNN prior); both compared
+    python benchmarks/machine.py > runs/fp32-machine.json && lvmkit train vqvae-cifar10-cpu --no-amp --out runs/vqvae-cifar10-cpu-fp32 \
+        --results-dir runs/vqvae-cifar10-cpu-fp32/records && python benchmarks/amp_train.py vqvae-cifar10-cpu \
+        --results runs/vqvae-cifar10-cpu-fp32/records --reference vqvae-cifar10-cpu-fp32 --reference-machine runs/fp32-machine.json
+                                                                # against a float32 run of this commit on this machine, not the book's record
     python benchmarks/bench.py --page                           # shows the newest record on the book's Performance page
 
 The bf16 run is the recipe unchanged but for TrainConfig(amp=True): same seed, steps, batch, optimiser and evaluation (float32, the
@@ -61,11 +65,13 @@ def compare(fp32: dict[int, dict], bf16: dict[int, dict]) -> dict:
                    if all(fp32[k].get("bpd") is not None and bf16[k].get("bpd") is not None for k in ks) else {}))
 
 
-def compare_prior_stage(results: Path, run_records: Path, recipe: str, tag: str, stage: str) -> dict | None:
+def compare_prior_stage(results: Path, run_records: Path, recipe: str, tag: str, stage: str, reference: str | None = None) -> dict | None:
     """The second stage of a two-stage recipe (the VQ-VAE's PixelCNN prior), compared as the first: the whole model's records
-    RECIPE-STAGE (float32, in `results`) and RECIPE-TAG-STAGE (this run). None, with a warning, if the book has no float32 record of it."""
-    fp32 = records(results, f"{recipe}-{stage}")
-    if not fp32: print(f"warning: no float32 record {results / (recipe + '-' + stage + '.json')}: the prior stage is not compared"); return None
+    REFERENCE-STAGE (float32, in `results`; REFERENCE: the recipe's name, or a float32 run's) and RECIPE-TAG-STAGE (this run).
+    None, with a warning, if there is no float32 record of it."""
+    ref = f"{reference or recipe}-{stage}"
+    fp32 = records(results, ref)
+    if not fp32: print(f"warning: no float32 record {results / (ref + '.json')}: the prior stage is not compared"); return None
     run = records(run_records, f"{recipe}-{tag}-{stage}")
     if not run: raise ValueError(f"{run_records}: no record {recipe}-{tag}-{stage}.json of the prior stage, though the run finished")
     return dict(name=stage, **compare(fp32, run))
@@ -83,10 +89,16 @@ def main() -> int:
     ap.add_argument("--fp32", action="store_true", help="train in float32 as the record was (lvmkit train --no-amp; run folder RECIPE-fp32): "
                                                         "only the evaluation runs under bf16, so --eval-amp is required")
     ap.add_argument("--compile", action="store_true", help="train compiled (lvmkit train --compile): the loss module and the optimizer's step under torch.compile")
+    ap.add_argument("--reference", metavar="NAME", help="compare with the float32 records NAME*.json in --results instead of the recipe's: a float32 run "
+                                                        "trained on this machine (lvmkit train RECIPE --no-amp --results-dir DIR: NAME is RECIPE-fp32)")
+    ap.add_argument("--reference-machine", metavar="FILE", help="with --reference: benchmarks/machine.py's JSON measured when that run trained, "
+                                                                "so the page can compare the two training speeds")
     a = ap.parse_args()
     if a.fp32 and not a.eval_amp: ap.error("--fp32 without --eval-amp would repeat the float32 record: add --eval-amp")
-    fp32 = records(Path(a.results), a.recipe)
-    if not fp32: ap.error(f"no float32 record {Path(a.results) / (a.recipe + '.json')}: run the recipe's chapter (or lvmkit train {a.recipe}) first")
+    if a.reference_machine and not a.reference: ap.error("--reference-machine describes the --reference run: give --reference too")
+    ref = a.reference or a.recipe                       # the float32 side's record name: the book's, or a float32 run's
+    fp32 = records(Path(a.results), ref)
+    if not fp32: ap.error(f"no float32 record {Path(a.results) / (ref + '.json')}: run the recipe's chapter (or lvmkit train {a.recipe}) first")
     import torch
     sys.path.insert(0, str(ROOT))
     from lvmkit.cli import main as lvmkit
@@ -102,9 +114,12 @@ def main() -> int:
     bf16 = records(run / "records", f"{a.recipe}-{tag}")
     if not bf16: print(f"{run}: not finished; rerun the same command to resume"); return 0
     c = compare(fp32, bf16)
+    if a.reference:
+        c["fp32_record"]["run"] = ref                      # not the book's record: a float32 run of this recipe, named here
+        if a.reference_machine: c["fp32_record"]["machine"] = json.loads(Path(a.reference_machine).read_text())
     from lvmkit.experiments import get_experiment
     stage = get_experiment(a.recipe).prior                 # a two-stage recipe: its prior stage is compared too
-    if stage is not None and (p := compare_prior_stage(Path(a.results), run / "records", a.recipe, tag, stage.name)) is not None:
+    if stage is not None and (p := compare_prior_stage(Path(a.results), run / "records", a.recipe, tag, stage.name, ref)) is not None:
         c["prior_stage"] = p
     if c["fp32_record"]["device"] != c["bf16_device"]:
         print(f"warning: the float32 record was measured on {c['fp32_record']['device']}, this run on {c['bf16_device']}: speeds are not comparable")
@@ -112,7 +127,8 @@ def main() -> int:
                torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT), recipe=a.recipe,
                trained="float32" if a.fp32 else "bf16", compiled=a.compile, machine=describe(),
                command=f"python benchmarks/amp_train.py {a.recipe}" + (" --fp32" if a.fp32 else "") + (" --compile" if a.compile else "") + (f" --iw {' '.join(map(str, a.iw))}" if a.iw else "")
-                       + (" --eval-amp" if a.eval_amp else ""), **c, **({"note": a.note} if a.note else {}))
+                       + (" --eval-amp" if a.eval_amp else "") + (f" --results {a.results} --reference {ref}" if a.reference else "")
+                       + (f" --reference-machine {a.reference_machine}" if a.reference_machine else ""), **c, **({"note": a.note} if a.note else {}))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"amp-train-{a.recipe}{'-fp32' if a.fp32 else ''}-{rec['date'][:10]}-{rec['commit']}.json"
     out.write_text(json.dumps(rec, indent=1) + "\n")

@@ -109,7 +109,9 @@ def _speed_caveat(r: dict) -> str:
 def _train_note(name: str, r: dict) -> str:
     "The line under the bf16-training table for one amp-train record: provenance, hardware, times, and its note."
     f = r["fp32_record"]
-    text = f"`{name}`: the float32 record is commit `{f['commit']}` ({f['date'][:16]}), the bf16 run commit `{r['commit']}`" + _speed_caveat(r)
+    side = (f"the float32 side is the run `{f['run']}` (commit `{f['commit']}`, {f['date'][:16]}), not the book's record" if f.get("run")
+            else f"the float32 record is commit `{f['commit']}` ({f['date'][:16]})")
+    text = f"`{name}`: {side}, the bf16 run commit `{r['commit']}`" + _speed_caveat(r)
     if r.get("compiled"): text += ", trained compiled (`--compile`: the loss and the optimizer's update under torch.compile; the float32 record trained eagerly)"
     text += f"; training time {r['train_time_s']['fp32']:.0f} s and {r['train_time_s']['bf16']:.0f} s, " + _steps(r)
     for k, t in sorted(r.get("eval_time_s", {}).items(), key=lambda kv: int(kv[0])):

@@ -228,3 +228,16 @@ def test_a_two_stage_recipe_compares_its_prior_stage_too(tmp_path, capsys):
     assert "| `vqvae-cifar10-cpu` + `gated` prior | 1 | 10,000 | 11063.50 | 11060.00 | -3.50 |" in text
     assert "With the `gated` prior (stage 2) the whole training took 1400 s and 1400 s (6,000 and 6,000 steps of both stages" in text
     assert "In bits/dim: 5.2433 (float32) and 5.2457 (bf16), +0.0024." in text and "In bits/dim with the `gated` prior: 5.1957" in text
+    # --reference: a float32 run of this machine (records NAME-fp32*) instead of the book's record, with its calibration
+    for f in results.glob("*.json"): f.rename(f.with_name(f.name.replace("vqvae-cifar10-cpu", "vqvae-cifar10-cpu-fp32")))
+    for f in results.glob("*.json"): f.write_text(f.read_text().replace('"name": "vqvae-cifar10-cpu', '"name": "vqvae-cifar10-cpu-fp32'))
+    assert amp_train.compare_prior_stage(results, run, "vqvae-cifar10-cpu", "bf16", "gated") is None           # the recipe's name: not there
+    p = amp_train.compare_prior_stage(results, run, "vqvae-cifar10-cpu", "bf16", "gated", "vqvae-cifar10-cpu-fp32")
+    assert p["nll"][1]["fp32"] == 11063.5
+    cal = dict(calibration=dict(ms=90.0, threads=2))
+    out.write_text(json.dumps(dict(c, prior_stage=p, fp32_record=dict(c["fp32_record"], run="vqvae-cifar10-cpu-fp32", machine=cal), machine=cal,
+                                   recipe="vqvae-cifar10-cpu", date="2026-12-02T20:00:00+00:00", commit="ddddddd", hardware="2-core CPU",
+                                   threads=2, torch="2.14.1", command="python benchmarks/amp_train.py vqvae-cifar10-cpu --reference vqvae-cifar10-cpu-fp32")))
+    text = bench.page([], [], [], [out])
+    assert "the float32 side is the run `vqvae-cifar10-cpu-fp32` (commit `ccccccc`, 2026-12-01T06:00), not the book's record" in text
+    assert "| `vqvae-cifar10-cpu` + `gated` prior | 1 | 10,000 | 11063.50 | 11060.00 | -3.50 | 100.00 | 100.00 | 20,000 | 20,000 | 1.00x |" in text
