@@ -36,15 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: best available)")
     t.add_argument("--max-time", type=float, help="stop after this many seconds of training and evaluation, both saved; rerun to resume")
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="train under bf16 autocast (--amp) or in float32 (--no-amp) instead of the recipe's setting (default: bf16 on CUDA only); "
+                   help="train under bf16 autocast (--amp) or in float32 (--no-amp) instead of the recipe's setting (default: bf16 on a CUDA GPU with native bf16 only, lvmkit.core.default_amp); "
                         "the run is then named NAME-bf16 or NAME-fp32 (its run folder and records), so it never mixes with the recipe's run")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the training step, the loss and the optimizer's update (--compile), or not (--no-compile), instead of "
                         "the recipe's setting: faster after a compile of a minute or so, the same run up to rounding (same name and folder; "
                         "a run may be resumed with the other setting)")
     t.add_argument("--eval-amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="evaluate under bf16 autocast (--eval-amp) or in float32 (--no-eval-amp) instead of the recipe's setting: faster on CPUs "
-                        "and GPUs with bf16 units, a slightly different estimate; the records' protocol says 'evaluated under bf16 autocast'")
+                   help="evaluate under bf16 autocast (--eval-amp) or in float32 (--no-eval-amp) instead of the recipe's setting: faster where "
+                        "the processor has bf16 arithmetic (a CPU with AVX-512 BF16 or AMX, an Ampere or newer GPU), slower elsewhere (lvmkit warns), a slightly different estimate; the records' protocol says 'evaluated under bf16 autocast'")
     t.add_argument("--iw", type=int, nargs="+", metavar="K",
                    help="importance samples of the evaluation after training, instead of the recipe's (quick or full), e.g. --iw 100 for a "
                         "quicker number; the first K is the run's headline record NAME, the others NAME-iwK")
@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch.compile the model's importance weights: faster for long evaluations, after a compile of about a minute on a CPU "
                         "(default: the run's recorded setting)")
     e.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast for the network passes: faster on CPUs and GPUs with bf16 units, a slightly different estimate "
+                   help="bf16 autocast for the network passes: faster where the processor has bf16 arithmetic (a CPU with AVX-512 BF16 or "
+                        "AMX, an Ampere or newer GPU), slower elsewhere (lvmkit warns), a slightly different estimate "
                         "(default: the run's recorded setting)")
     e.add_argument("--device")
     e.add_argument("--no-ema", action="store_true", help="use the raw weights even if the checkpoint has EMA weights")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #58417f7e
 from __future__ import annotations
-import os, random, logging, platform, secrets, subprocess, inspect
+import os, random, logging, platform, secrets, subprocess, inspect, warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 import numpy as np
@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['MODELS', 'MODEL_PACKAGES', 'quick', 'default_device', 'seed_everything', 'describe_hardware', 'git_commit',
-           'atomic_write', 'remove_stale_temporaries', 'register_model', 'import_models', 'build_model']
+__all__ = ['MODELS', 'MODEL_PACKAGES', 'quick', 'default_device', 'seed_everything', 'bf16_is_fast', 'default_amp',
+           'warn_if_bf16_slow', 'describe_hardware', 'git_commit', 'atomic_write', 'remove_stale_temporaries',
+           'register_model', 'import_models', 'build_model']
 
 # %% ../nbs/00_core.ipynb #a3ff54d6
 def quick() -> bool:
@@ -38,6 +39,40 @@ class _NoCudaRuntimeNotice(logging.Filter):
 
 if not any(isinstance(f, _NoCudaRuntimeNotice) for f in logging.getLogger("torch.utils.cpp_extension").filters):
     logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntimeNotice())
+
+# %% ../nbs/00_core.ipynb #ec0a6d49
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Whether `device` does bf16 arithmetic in hardware: a CUDA GPU with native bf16 (Ampere on; not emulated), or a CPU with AVX-512 BF16
+    or AMX (the instructions of torch's fast bf16 CPU kernels). Other devices (Apple's MPS): assumed to, as nothing tells."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available(): return False
+        try: return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError: return torch.cuda.is_bf16_supported()            # an older torch without the keyword
+    if device.type != "cpu": return True
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if not any(checks): return True                                            # a torch without the queries: do not guess
+    return any(bool(check()) for check in checks if check is not None)
+
+def default_amp(device: torch.device | str) -> bool:
+    "What `TrainConfig(amp=None)` means on `device`: bf16 autocast on a CUDA GPU with native bf16, float32 everywhere else (CPUs included)."
+    device = torch.device(device)
+    return device.type == "cuda" and bf16_is_fast(device)
+
+_BF16_WARNED: set[str] = set()
+
+def warn_if_bf16_slow(device: torch.device | str) -> bool:
+    """Warn (a RuntimeWarning, once per process and device type) that bf16 autocast on `device` is no faster, or slower, than float32,
+    when `device` has no bf16 arithmetic; return whether it has. The numbers are unaffected: this is about time only."""
+    device = torch.device(device)
+    if bf16_is_fast(device): return True
+    if device.type not in _BF16_WARNED:
+        _BF16_WARNED.add(device.type)
+        what = ("this GPU has no native bf16 (it arrived with Ampere): torch emulates it" if device.type == "cuda" else
+                "this CPU has neither AVX-512 BF16 nor AMX: torch runs bf16 in emulation or in fallback kernels, many times slower than float32 where it has AVX2 only")
+        warnings.warn(f"bf16 autocast was asked for (amp=True, --amp or --eval-amp), but {what}. Train and evaluate in float32 "
+                      "(amp=False, lvmkit train --no-amp) unless you mean to measure bf16 itself.", RuntimeWarning, stacklevel=3)
+    return False
 
 # %% ../nbs/00_core.ipynb #ebfb3570
 def describe_hardware(device: torch.device | str | None = None) -> str:

@@ -12,7 +12,7 @@ import torch
 from torch import nn, Tensor
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.utils import make_grid, save_image
-from .core import atomic_write, build_model, default_device, quick, seed_everything
+from .core import atomic_write, build_model, default_amp, default_device, quick, seed_everything
 from .data import binarized_mnist, cifar10, mnist
 from .objectives import elbo_objective, evaluate
 from .results import ResultRecord, save_result
@@ -186,7 +186,7 @@ def _evaluate_and_record(model: nn.Module, exp: Experiment, name: str, test: Dat
     suffix = (" (quick: {n} evenly spread test examples)" if quick_mode else " ({n} evenly spread test examples)" if exp.data.test_n is not None else "")
     records = [ResultRecord.from_run(
         run_device=device, name=name if i == 0 else f"{name}-iw{k}", model=config.get("model", exp.model), dataset=exp.data.dataset,
-        protocol=exp.data.protocol + suffix.format(n=r["n"]) + ("; trained under bf16 autocast" if (exp.train.amp if exp.train.amp is not None else torch.device(device).type == "cuda") else "")
+        protocol=exp.data.protocol + suffix.format(n=r["n"]) + ("; trained under bf16 autocast" if (exp.train.amp if exp.train.amp is not None else default_amp(device)) else "")
                  + ("; evaluated under bf16 autocast" if ev.amp else ""), split=exp.data.test_split, metric="nll_nats", value=r["nll"], k=k,
         test_n=r["n"], test_elbo=r["elbo"], bpd=r["bpd"], steps=steps, wall_time_s=train_time_s, train_examples_per_s=examples_per_s,
         eval_time_s=r["seconds"], mode="quick" if quick_mode else "full", notes=exp.description, config=config, reference=exp.reference)

@@ -12,7 +12,7 @@ import torch
 from torch import nn, Tensor
 from torch.distributions import Independent, MultivariateNormal, Normal
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from .core import atomic_write
+from .core import atomic_write, warn_if_bf16_slow
 from .protocol import ELBOTerms, LatentVariableModule
 
 # %% auto #0
@@ -118,7 +118,7 @@ def iw_log_likelihood(model: nn.Module, x: Tensor, k: int = 1000, chunk_size: in
     else at most `max_elements` samples x images x pixels. With `compile=True` the weights come from `log_weights_fn(model, compile=True)`,
     and every chunk has the same size (the last one draws a full chunk and keeps what it needs), so the compiled code is built once per batch shape.
     `amp=True` runs the network passes under bf16 autocast (the log-weights and their log-sum-exp stay float32 and float64): faster on CPUs
-    and GPUs with bf16 units, and a slightly different model, so a small difference from the float32 estimate is measured, not assumed."""
+    and GPUs with bf16 arithmetic (core.bf16_is_fast; elsewhere slower, and it warns), and a slightly different model, so a small difference from the float32 estimate is measured, not assumed."""
     if k < 1: raise ValueError(f"the number of importance samples k must be >= 1, got {k}")
     if not callable(getattr(model, "log_weights", None)):
         raise TypeError(f"{type(model).__name__} has no log_weights(x, k): every lvmkit model must (see lvmkit.protocol); "
@@ -135,6 +135,7 @@ def iw_log_likelihood(model: nn.Module, x: Tensor, k: int = 1000, chunk_size: in
     was_training = getattr(model, "training", False)
     if was_training: model.eval()                                     # an estimate, not a training pass: no dropout, no batch-norm updates
     log_weights = log_weights_fn(model, compile)
+    if amp: warn_if_bf16_slow(x.device)                               # bf16 where it is slower than float32: say so (the estimate is unaffected)
     try:
         while done < k:
             s = min(S, k - done)

@@ -17,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 from . import __version__
-from .core import default_device, describe_hardware, git_commit, remove_stale_temporaries, seed_everything
+from .core import default_amp, default_device, describe_hardware, git_commit, remove_stale_temporaries, seed_everything, warn_if_bf16_slow
 from .protocol import HasDataInit, HasLogProb
 from lvmkit.checkpoint import (
     RESUMABLE_FIELDS, atomic_write, check_compatible, check_resumable, ema_weights, load_checkpoint, load_model, rng_state, save_checkpoint,
@@ -56,7 +56,7 @@ class TrainConfig:
     eval_every: int = 1000
     patience: int | None = None    # early stopping: evaluations without validation improvement
     log_every: int = 100
-    amp: bool | None = None        # bf16 autocast; None = on for CUDA, off elsewhere
+    amp: bool | None = None        # bf16 autocast; None = on a CUDA GPU with native bf16, off elsewhere (core.default_amp)
     compile: bool = False          # torch.compile the training forward and the optimizer step
     seed: int = 0
     on_nonfinite: str = "raise"    # raise | skip
@@ -407,8 +407,10 @@ def _new_run(model: nn.Module, train_data: Dataset | Tensor, valid_data: Dataset
     optimizer = make_optimizer(list(model.parameters()), config, device)
     scheduler = LambdaLR(optimizer, lambda s: lr_factor(config, s))
     set_lr_kind(optimizer, config.compile, scheduler)
+    amp = config.amp if config.amp is not None else default_amp(device)
+    if amp: warn_if_bf16_slow(device)                                 # asked for bf16 where it is slower: say so (the numbers are the same)
     return _Run(config, model, LossModule(model, loss_fn or nll_loss), optimizer, scheduler, batches,
-                device, amp=config.amp if config.amp is not None else device.type == "cuda", valid_data=valid_data,
+                device, amp=amp, valid_data=valid_data,
                 valid_fn=valid_fn or log_prob_score, monitor=monitor, run_dir=Path(run_dir) if run_dir is not None else None, rank=rank, world=world)
 
 # %% ../nbs/04_training.ipynb #0c429c9a

@@ -567,3 +567,46 @@ def test_quick_version_scales_the_kl_warmup_and_says_it_is_quick():
     assert q.train.steps == 400 and q.objective["warmup_steps"] == round(5_000 * 400 / 100_000)
     assert q.objective["analytic_kl"] == VAE_MLP.objective["analytic_kl"] and VAE_MLP.objective["warmup_steps"] == 5_000
     assert q.description.startswith("quick (CI) version: 400 steps") and VAE_MLP.description in q.description
+
+
+@pytest.fixture
+def bf16_hardware(monkeypatch):
+    "Pretend the CPU has bf16 arithmetic or not (set(True/False)), with the once-per-process warning memory cleared."
+    import lvmkit.core as core
+    monkeypatch.setattr(core, "_BF16_WARNED", set())
+    def pretend(fast: bool):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: fast)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return pretend
+
+
+def test_bf16_is_fast_reads_the_cpu_and_the_default_is_float32_on_cpus(bf16_hardware):
+    from lvmkit.core import bf16_is_fast, default_amp
+    bf16_hardware(False); assert not bf16_is_fast("cpu")
+    bf16_hardware(True); assert bf16_is_fast("cpu")
+    assert not default_amp("cpu")                                                        # fast or not, a CPU trains in float32 unless asked
+    if not torch.cuda.is_available(): assert not bf16_is_fast("cuda") and not default_amp("cuda")
+
+
+def test_bf16_on_a_cpu_without_it_warns_once_and_trains_the_same(bf16_hardware):
+    import warnings
+    x = regression_data(64)
+    def run(**kw):
+        torch.manual_seed(0)
+        return fit(LinearGaussian(), x, config=TrainConfig(steps=2, batch_size=32, lr=0.01, log_every=1, **kw), **CPU)
+    slow = "bf16 autocast was asked for .* neither AVX-512 BF16 nor AMX"
+    bf16_hardware(False)
+    with pytest.warns(RuntimeWarning, match=slow): warned = run(amp=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                                   # once per process: not again
+        again = run(amp=True); run()                                                     # and never for float32
+    assert [h["loss"] for h in warned.history] == [h["loss"] for h in again.history]     # a warning, not a different run
+    from lvmkit.objectives import LinearGaussian as Exact, iw_log_likelihood
+    from lvmkit.core import _BF16_WARNED
+    _BF16_WARNED.clear()
+    model, xs = Exact(), torch.randn(4, 4)
+    with pytest.warns(RuntimeWarning, match=slow): iw_log_likelihood(model, xs, k=3, amp=True)
+    bf16_hardware(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(amp=True); iw_log_likelihood(model, xs, k=3, amp=True)                       # bf16 hardware: nothing to say
