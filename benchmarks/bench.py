@@ -83,8 +83,9 @@ def measure(name: str, steps: int, n_eval: int) -> dict:
 
 def _machine(rec: dict, commit: str = "commit") -> str:
     "The line that says where and how a record was measured: machine, threads, torch, commit, date and the command."
-    calibration = summary(rec.get("machine"))
-    return (f"**Machine:** {rec['hardware']} ({rec['threads']} torch threads" + (f"; {calibration}" if calibration else "") + f"); torch {rec['torch']}; "
+    calibration, rates = summary(rec.get("machine")), _rates(rec.get("machine"))
+    return (f"**Machine:** {rec['hardware']} ({rec['threads']} torch threads" + (f"; {calibration}" if calibration else "")
+            + (f"; matrix products: {rates}" if rates else "") + f"); torch {rec['torch']}; "
             f"{commit} `{rec['commit']}`; {rec['date'][:16]} UTC; command: `{rec['command']}`.")
 
 
@@ -127,13 +128,68 @@ def _train_note(name: str, r: dict) -> str:
     return text + (f" {r['note']}" if r.get("note") else "")
 
 
+def _rates(machine: dict | None) -> str:
+    "'float32 90 GFLOP/s, bf16 1 GFLOP/s' from a record's measured matrix-product rates ('' without them)."
+    m = (machine or {}).get("matmul") or {}
+    return ", ".join(f"{'bf16' if d == 'bfloat16' else d} {m[d]['gflop_per_s']:,.0f} GFLOP/s" for d in ("float32", "bfloat16") if d in m)
+
+
+def _flops_section(flops: list[Path], records: list[Path]) -> list[str]:
+    """What the arithmetic allows: the newest benchmarks/flops.py record's work per recipe, the floor it sets on this machine's measured
+    matrix-product rates, and, where a bench record of a machine of the same speed (and the same instruction sets) exists, how far the
+    measured compiled evaluation is above that floor."""
+    lines = ["## What the arithmetic allows", "",
+             "Generated from the newest `benchmarks/results/flops-*.json`, written by `python benchmarks/flops.py`: each recipe's matrix products "
+             "and convolutions counted by torch's own counter (`torch.utils.flop_counter.FlopCounterMode`; elementwise work is not counted, so "
+             "the counts are lower bounds), per training example (forward and backward) and per image of its importance-weighted evaluation "
+             "(per sample, plus what every chunk of samples repeats, such as a hierarchy's bottom-up pass); and the machine's best rate on a "
+             "1024 x 1024 matrix product in float32 and in bf16, a practical ceiling for the convolutions and products of a model. The floor is "
+             "the whole test set's evaluation work at that rate: no implementation of the same model and estimator evaluates it faster on that "
+             "machine, whatever its code. The measured column is the newest compiled evaluation of the table above from a machine of the same "
+             "speed and instruction sets, where there is one.", ""]
+    if not flops: return lines + ["No count has been recorded yet.", ""]
+    rec = json.loads(flops[-1].read_text())
+    m = rec.get("machine") or {}
+    mm = m.get("matmul") or {}
+    lines += [_machine(rec), "",
+              ":::{div} full-width", "",
+              "| recipe | GFLOP per training example | MFLOP per IW sample | MFLOP per chunk, repeated | K | samples per chunk | whole test set at K | "
+              "floor, float32 | floor, bf16 | measured, compiled float32 | measured / floor |", "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    measured: dict[str, tuple[dict, dict]] = {}
+    for p in records:                                                                  # oldest first: the newest same-speed one wins
+        r = json.loads(p.read_text())
+        cal_ok = same_speed(r.get("machine"), m)
+        same_flags = ((r.get("machine") or {}).get("cpu") or {}).get("flags") == (m.get("cpu") or {}).get("flags")
+        if cal_ok and same_flags:
+            for c in r["cases"]:
+                if "eval_compiled_s_per_1000" in c: measured[c["name"]] = (c, r)
+    for c in rec["cases"]:
+        total = c["eval_flop_per_image"] * c["test_n"]
+        floor = {d: total / (mm[d]["gflop_per_s"] * 1e9) for d in mm}
+        fmt = lambda t: f"{t / 3600:,.1f} h" if t >= 3600 else f"{t / 60:,.1f} min" if t >= 60 else f"{t:,.1f} s"
+        got = measured.get(c["name"])
+        if got and got[0].get("eval_k") == c["eval_k"] and "float32" in floor:
+            t = got[0]["eval_compiled_s_per_1000"] * c["test_n"] / 1000
+            seen, ratio = f"{fmt(t)} ({got[1]['commit']})", f"{t / floor['float32']:.1f}x"
+        else: seen, ratio = "–", "–"
+        lines.append(f"| `{c['name']}` | {c['train_flop_per_example'] / 1e9:.3f} | {c['eval_flop_per_sample'] / 1e6:,.1f} | "
+                     f"{c['eval_flop_per_chunk_fixed'] / 1e6:,.1f} | {c['eval_k']:,} | {c['eval_samples_per_chunk']:,} | "
+                     f"{total / 1e12:,.1f} TFLOP ({c['test_n']:,} images) | " + " | ".join(fmt(floor[d]) if d in floor else "–" for d in ("float32", "bfloat16"))
+                     + f" | {seen} | {ratio} |")
+    lines += ["", ":::", "", "A measured time far above its floor has room for a faster implementation; one close to it has none, on that "
+              "machine, short of less arithmetic (a smaller model, fewer samples) or faster arithmetic (bf16 where the processor has it: "
+              "AVX-512 BF16 or AMX on a CPU, `lvmkit eval --amp`, whose effect on the estimate the tables below measure).", ""]
+    return lines
+
+
 def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] | None = None, amp_train: list[Path] | None = None,
-         checks: list[Path] | None = None) -> str:
+         checks: list[Path] | None = None, flops: list[Path] | None = None) -> str:
     """The Markdown of book/performance.md from the newest record, the newest side-by-side with the seeds (benchmarks/seeds.py), the
     newest float32-against-bf16 evaluation of trained runs (benchmarks/amp_eval.py) and the newest bf16 training run of each recipe
     against its float32 record (benchmarks/amp_train.py), and the newest float32 run of each recipe evaluated whole under bf16 autocast
     (benchmarks/amp_train.py --fp32 --eval-amp). `checks`: bench records of older commits measured again to tell the machine from the code
-    (machine-check-*.json), shown only in the section on device labels."""
+    (machine-check-*.json), shown only in the section on device labels. `flops`: benchmarks/flops.py's records, the newest of which
+    gives the section on what the arithmetic allows."""
     lines = ["# Performance", "",
              "Generated by `python benchmarks/bench.py` from its records in `benchmarks/results/` (not by hand, and not part of CI's "
              "pass/fail). Each row is the newest measurement of one chapter's recipe measured in its own process on the machine its record names: training examples per "
@@ -181,6 +237,7 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
                   "record: 200 for the MLP models, 25 for the hierarchies) and scaled to 1000; training batches are the recipes' (128 for the "
                   "MLP models and the VQ-VAE, 64 for the hierarchies). Compile times depend on torch's on-disk compile cache: a first compile on a "
                   "fresh machine takes longer.", ""]
+    lines += _flops_section(flops or [], records)
     lines += ["## Evaluation under bf16 autocast", "",
               "Generated from the newest `benchmarks/results/amp-*.json`, written by `python benchmarks/amp_eval.py`: trained runs' last weights "
               "evaluated compiled, with their recipe's K, batch and chunking, in float32 and with `amp=True` (`lvmkit eval --amp`), the same "
@@ -285,7 +342,11 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
               "the seeds train in float32). Same machine, batch, optimiser and thread count, one "
               "fixed batch of real data, each side in a fresh process. A record made with `--repeats N` measures every side N times in rounds "
               "(each round runs every side once, so that a slow spell of the machine slows all sides alike) and shows the median rate with the "
-              "range; the ratio is between medians. One measurement of a side can be 20-30% off on a shared 2-core machine.", ""]
+              "range; the ratio is between medians. One measurement of a side can be 20-30% off on a shared 2-core machine. Records from "
+              "2026-12-07 on also give each side's work per step, counted as `benchmarks/flops.py` counts it (matrix products and convolutions, "
+              "forward and backward; the compiled and bf16 sides do the eager side's work), and the rate it ran at: beside the machine's "
+              "matrix-product rate (in the record's line) it shows how much of the machine each side uses, and so how much faster any code of "
+              "the same work could be.", ""]
     if not seeds: lines += ["No side-by-side has been recorded yet.", ""]
     else:
         newest: dict[str, tuple[dict, dict, str]] = {}                          # case -> its newest measurement, from any record
@@ -301,16 +362,22 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
         for c, rec, f in newest.values():
             c = dict(c, what=f"{c['what']} (record {ids[f]})")
             base = next((s["examples_per_s"] for s in c["sides"] if s.get("side") == "seed" and "error" not in s), None)
-            lines += [f"**{c['what']}**", "", "| code | parameters | training (examples/s) | ms per step | vs the seed |", "|---|--:|--:|--:|--:|"]
+            work = next((s["gflop_per_step"] for s in c["sides"] if s.get("side") == "lvmkit" and "gflop_per_step" in s), None)   # eager: the others do the same work
+            counted = any("gflop_per_step" in s for s in c["sides"])
+            lines += [f"**{c['what']}**", ""] + (["| code | parameters | training (examples/s) | ms per step | GFLOP per step | GFLOP/s | vs the seed |",
+                                                   "|---|--:|--:|--:|--:|--:|--:|"] if counted else
+                                                  ["| code | parameters | training (examples/s) | ms per step | vs the seed |", "|---|--:|--:|--:|--:|"])
             for s in c["sides"]:
                 code = c["seed"] if s["side"] == "seed" else (f"lvmkit `{c['recipe']}`" + (", compiled" if "compiled" in s["side"] else ", eager")
                                                                + (", bf16 autocast" if "bf16" in s["side"] else ""))
-                if "error" in s: lines.append(f"| {code} | failed: {s['error'][:80]} | | | |"); continue
+                if "error" in s: lines.append(f"| {code} | failed: {s['error'][:80]} |" + " |" * (5 if counted else 3)); continue
                 ratio = f"{s['examples_per_s'] / base:.2f}x" if base else "–"
                 extra = f" (compile {s['warmup_s']:.0f} s, not counted)" if "compiled" in s["side"] else ""
                 spread = (f" (median of {len(s['examples_per_s_runs'])}: {min(s['examples_per_s_runs']):,.0f}–{max(s['examples_per_s_runs']):,.0f})"
                           if len(s.get("examples_per_s_runs", [])) > 1 else "")
-                lines.append(f"| {code} | {s['params'] / 1e6:.2f}M | {s['examples_per_s']:,.1f}{spread}{extra} | {s['ms_per_step']:,.{1 if s['ms_per_step'] < 100 else 0}f} | {ratio} |")
+                g = s.get("gflop_per_step", None if s["side"] == "seed" else work)
+                flop = (f" {g:,.1f} | {g / (s['ms_per_step'] / 1000):,.0f} |" if g else " – | – |") if counted else ""
+                lines.append(f"| {code} | {s['params'] / 1e6:.2f}M | {s['examples_per_s']:,.1f}{spread}{extra} | {s['ms_per_step']:,.{1 if s['ms_per_step'] < 100 else 0}f} |{flop} {ratio} |")
             lines.append("")
         lines.append("")
     return "\n".join(lines)
@@ -342,10 +409,10 @@ def main() -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"{rec['date'][:10]}-{rec['commit']}.json"
         out.write_text(json.dumps(rec, indent=1) + "\n"); print(f"wrote {out}")
-    PAGE.write_text(page(sorted(p for p in RESULTS.glob("*.json") if not p.name.startswith(("seeds-", "amp-", "machine-check-"))),
+    PAGE.write_text(page(sorted(p for p in RESULTS.glob("*.json") if not p.name.startswith(("seeds-", "amp-", "machine-check-", "flops-"))),
                          sorted(RESULTS.glob("seeds-*.json")), sorted(p for p in RESULTS.glob("amp-*.json") if not p.name.startswith("amp-train-")),
                          sorted(RESULTS.glob("amp-train-*.json"), key=lambda p: json.loads(p.read_text())["date"]),
-                         sorted(RESULTS.glob("machine-check-*.json"))))
+                         sorted(RESULTS.glob("machine-check-*.json")), sorted(RESULTS.glob("flops-*.json"), key=lambda p: json.loads(p.read_text())["date"])))
     print(f"wrote {PAGE}")
     return 0
 

@@ -53,16 +53,43 @@ def calibrate(repeats: int = 20, warmup: int = 3) -> dict:
                 workload="4 x (conv 3x3 64->64 + ELU), batch 64 at 14x14, float32 forward + backward")
 
 
-def describe() -> dict:
-    "This machine for a benchmark record: {'cpu': cpu_identity(), 'calibration': calibrate()}."
-    return dict(cpu=cpu_identity(), calibration=calibrate())
+def matmul_rate(dtype: str = "float32", n: int = 2048, repeats: int = 5, warmup: int = 1, budget_s: float = 10.0) -> dict:
+    """The best rate, in GFLOP/s, of an n x n by n x n matrix product in `dtype` ("float32" or "bfloat16") on the CPU at torch's thread
+    count (2 n^3 operations each; the fastest of `repeats` after `warmup`, fewer once `budget_s` is spent: bf16 without bf16 instructions
+    takes minutes): what torch's kernels reach on the easiest work there is, a practical ceiling for a model's convolutions and products
+    (measured here: a 3x3 convolution of 256 channels reached 95% of it), not the processor's theoretical peak."""
+    import torch
+    gen = torch.Generator().manual_seed(0)
+    small = torch.randn(256, 256, generator=gen).to(getattr(torch, dtype))
+    t = time.perf_counter(); small @ small; probe = 2 * 256**3 / max(time.perf_counter() - t, 1e-9)     # a first guess of the rate
+    while n > 256 and 2 * n**3 / probe * (warmup + repeats) > budget_s: n //= 2          # a size whose products fit the budget
+    a, b = (torch.randn(n, n, generator=gen).to(getattr(torch, dtype)) for _ in range(2))
+    best, start, timed = math.inf, time.perf_counter(), 0
+    for i in range(warmup + repeats):
+        t = time.perf_counter()
+        a @ b
+        if i >= warmup: best, timed = min(best, time.perf_counter() - t), timed + 1
+        if time.perf_counter() - start > budget_s and (timed or i + 1 >= warmup): break
+    if not timed: best = time.perf_counter() - t                           # the budget ran out in the warm-up: its last product
+    return dict(gflop_per_s=2 * n**3 / best / 1e9, dtype=dtype, n=n, threads=torch.get_num_threads(), timed=max(timed, 1))
+
+
+def describe(rates: bool = False) -> dict:
+    """This machine for a benchmark record: {'cpu': cpu_identity(), 'calibration': calibrate()}, and with `rates=True` its matrix-product
+    rates too ('matmul': {'float32': matmul_rate('float32'), 'bfloat16': matmul_rate('bfloat16')}, a few seconds more)."""
+    out = dict(cpu=cpu_identity(), calibration=calibrate())
+    if rates: out["matmul"] = {d: matmul_rate(d) for d in ("float32", "bfloat16")}
+    return out
 
 
 def same_speed(a: dict | None, b: dict | None) -> bool | None:
-    """Whether two records' machines ran at the same speed: True or False from their calibrations (same thread count, within TOLERANCE),
+    """Whether two records' machines ran at the same speed: True or False from their calibrations (same thread count, within TOLERANCE,
+    and the same instruction sets where both records list them),
     None when either record has none (older records), so the caller can say that it cannot tell."""
     ca, cb = ((m or {}).get("calibration") for m in (a, b))
     if not ca or not cb: return None
+    fa, fb = (((m or {}).get("cpu") or {}).get("flags") for m in (a, b))
+    if fa is not None and fb is not None and fa != fb: return False     # other kernels (bf16 above all): the float32 calibration cannot tell
     if ca.get("threads") != cb.get("threads"): return False
     return abs(math.log(ca["ms"] / cb["ms"])) <= math.log(1 + TOLERANCE)
 
@@ -73,8 +100,9 @@ def summary(machine: dict | None) -> str:
     c, cpu = machine["calibration"], machine.get("cpu", {})
     ident = ", ".join(f"{k} {cpu[k]}" for k in ("family", "model", "stepping") if k in cpu)
     if "mhz" in cpu: ident += f", {float(cpu['mhz']):,.0f} MHz"
+    if "flags" in cpu: ident += "; " + (", ".join(cpu["flags"]) or "none of " + ", ".join(FLAGS))     # which kernels torch can choose
     return f"CPU calibration {c['ms']:.0f} ms per fixed step at {c['threads']} threads (lower is faster)" + (f"; {ident}" if ident else "")
 
 
 if __name__ == "__main__":
-    print(json.dumps(describe(), indent=1))
+    print(json.dumps(describe(rates=True), indent=1))

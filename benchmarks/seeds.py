@@ -20,7 +20,10 @@ where autocast chooses it, weights, gradients and optimiser state in float32). T
 only with a full bf16 run whose bound matches the float32 record (the Performance page shows that check). Data loading is excluded on both sides: one fixed batch of real data (binarized MNIST, or CIFAR-10 with each side's own
 preprocessing of it done once beforehand, as each loads its data: henrhoi's dequantized logits, lvmkit's 8-bit pixels, lvmkit's codes for
 its prior). henrhoi's code calls .cuda(): in its process that is made a no-op, so that it runs on the CPU, unchanged. The JSON record
-gives each side's parameter count, batch and optimiser, and each case's description says where the configurations differ. Nothing else
+gives each side's parameter count, batch and optimiser, and each case's description says where the configurations differ; the float32
+eager sides (the seed's and lvmkit's) also give their work per step (`gflop_per_step`: matrix products and convolutions of one more,
+untimed step, forward and backward, counted as benchmarks/flops.py counts them), and the record the machine's matrix-product rates, so
+that the page can show how much of the machine each side uses. Nothing else
 should run on the machine. Writes benchmarks/results/seeds-<date>-<commit>.json (or --out), which `python benchmarks/bench.py --page`
 shows on the Performance page. Not part of CI.
 """
@@ -112,6 +115,13 @@ def _time(step, steps: int, warmup: int) -> tuple[float, float]:
 def _count(params) -> int: return sum(p.numel() for p in params)
 
 
+def _gflop(step, i: int) -> float:
+    """The matrix products and convolutions of one more (untimed) step, forward and backward, in GFLOP (benchmarks/flops.py's counter).
+    Counted on the float32 eager sides only: the compiled and bf16 sides do the same work."""
+    from flops import flops
+    return flops(lambda: step(i)) / 1e9
+
+
 def _optimizer(opt) -> str:
     "The optimiser and the settings that distinguish it, e.g. RMSprop(lr=0.001, centered=True)."
     g = opt.param_groups[0]
@@ -200,7 +210,7 @@ def run_seed(case: str, src: dict, batch: int | None, steps: int, warmup: int) -
     else: step, n, opt, counts = _seed_henrhoi(case, src["henrhoi_src"], batch)
     first, dt = _time(step, steps, warmup)
     return dict(side="seed", **counts, batch=n, optimizer=_optimizer(opt), examples_per_s=steps * n / dt, ms_per_step=1000 * dt / steps,
-                warmup_s=first)
+                warmup_s=first, gflop_per_step=_gflop(step, warmup + steps))
 
 
 def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: int, amp: bool = False) -> dict:
@@ -235,7 +245,8 @@ def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: 
         opt.zero_grad(set_to_none=True); loss.float().backward(); update()
     first, dt = _time(step, steps, warmup)
     return dict(side=("lvmkit compiled" if compile else "lvmkit") + (" bf16" if amp else ""), params=_count(model.parameters()), batch=n, optimizer=_optimizer(opt),
-                examples_per_s=steps * n / dt, ms_per_step=1000 * dt / steps, warmup_s=first)
+                examples_per_s=steps * n / dt, ms_per_step=1000 * dt / steps, warmup_s=first,
+                **({} if compile or amp else dict(gflop_per_step=_gflop(step, warmup + steps))))
 
 
 def main() -> int:
@@ -288,7 +299,7 @@ def main() -> int:
                        + (["--sides", *a.sides] if list(a.sides) != list(SIDES) else []))
     rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware(default_device()), torch=torch.__version__,
                python=platform.python_version(), commit=git_commit(ROOT), threads=torch.get_num_threads(), command=command, cases=cases,
-               machine=describe())
+               machine=describe(rates=True))
     out = a.out or RESULTS / f"seeds-{rec['date'][:10]}-{rec['commit']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=1) + "\n"); print(f"wrote {out}")

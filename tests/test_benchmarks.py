@@ -175,8 +175,13 @@ def test_machine_identity_calibration_and_same_speed():
     assert machine.same_speed(cal(100), cal(100, threads=1)) is False             # another thread count is another machine
     assert machine.same_speed(None, cal(100)) is None and machine.same_speed({}, cal(100)) is None   # a record without one: unknown
     assert machine.summary(dict(cpu=ident, calibration=dict(ms=78.2, threads=2))) == (
-        "CPU calibration 78 ms per fixed step at 2 threads (lower is faster); family 25, model 17, stepping 1, 2,596 MHz")
+        "CPU calibration 78 ms per fixed step at 2 threads (lower is faster); family 25, model 17, stepping 1, 2,596 MHz; avx2, avx512f, avx512_bf16")
     assert machine.summary(None) == ""
+    avx2 = lambda ms: dict(cal(ms), cpu=dict(flags=["avx2"]))
+    assert machine.same_speed(avx2(100), dict(cal(100), cpu=ident)) is False          # the same float32 speed, other kernels (bf16): not the same machine
+    assert machine.same_speed(avx2(100), avx2(105)) is True and machine.same_speed(avx2(100), cal(100)) is True   # flags unknown on one side: the calibration decides
+    r = machine.matmul_rate("float32", n=64, repeats=2, warmup=1)
+    assert r["gflop_per_s"] > 0 and r["dtype"] == "float32" and r["n"] == 64
 
 
 def test_same_label_section_lists_a_recipe_measured_twice_and_keeps_checks_out_of_the_main_table(tmp_path):
@@ -241,3 +246,44 @@ def test_a_two_stage_recipe_compares_its_prior_stage_too(tmp_path, capsys):
     text = bench.page([], [], [], [out])
     assert "the float32 side is the run `vqvae-cifar10-cpu-fp32` (commit `ccccccc`, 2026-12-01T06:00), not the book's record" in text
     assert "| `vqvae-cifar10-cpu` + `gated` prior | 1 | 10,000 | 11063.50 | 11060.00 | -3.50 | 100.00 | 100.00 | 20,000 | 20,000 | 1.00x |" in text
+
+
+def test_flops_counts_a_known_product_and_splits_the_evaluation_work():
+    "The counter counts 2 x m x n x k for a product; a recipe's evaluation work splits into a per-sample part and a per-chunk part."
+    import torch
+    flops = _load("flops")
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    assert flops.flops(lambda: a @ b) == 2 * 8 * 16 * 4
+    assert flops.chunk_size(1000, 25, 156800, 784) == 8 and flops.chunk_size(1, 500, 2**25, 3072) == 1
+    c = flops.count("vae-mlp")
+    assert c["eval_samples_per_chunk"] == flops.chunk_size(1000, 500, 2**25, 784) and c["eval_chunks"] == -(-1000 // c["eval_samples_per_chunk"])
+    # vae-mlp: encoder 784-?-... and decoder: per sample the decoder runs once; its first layer alone is 2 x latent x hidden
+    assert c["eval_flop_per_sample"] > 0 and c["eval_flop_per_chunk_fixed"] >= 0
+    assert c["eval_flop_per_image"] == pytest.approx(c["eval_chunks"] * (c["eval_flop_per_chunk_fixed"] + c["eval_samples_per_chunk"] * c["eval_flop_per_sample"]))
+    assert c["train_flop_per_example"] > 2 * c["eval_flop_per_sample"]                 # training: forward and backward of encoder and decoder
+    assert c["test_n"] == 10_000
+
+
+def test_the_page_sets_a_measured_evaluation_beside_its_floor(tmp_path):
+    bench = _load("bench")
+    mach = dict(cpu=dict(flags=["avx2"]), calibration=dict(ms=76.0, threads=2),
+                matmul={"float32": dict(gflop_per_s=100.0), "bfloat16": dict(gflop_per_s=1.0)})
+    base = dict(hardware="CPU: AMD EPYC, 2 threads", threads=2, torch="2.x", machine=mach)
+    count = dict(name="lvae-mnist-cpu", chapter="4", train_flop_per_example=2.5e8, eval_flop_per_sample=8.5e7, eval_flop_per_chunk_fixed=1e6,
+                 eval_k=1000, eval_samples_per_chunk=8, eval_chunks=125, eval_flop_per_image=125 * (1e6 + 8 * 8.5e7), test_n=10_000)
+    fl = tmp_path / "flops-x.json"
+    fl.write_text(json.dumps(dict(base, date="2026-12-07T16:00:00+00:00", commit="ccccccc", command="python benchmarks/flops.py", cases=[count])))
+    case = dict(name="lvae-mnist-cpu", chapter="4", params=1, train_eager_examples_per_s=1.0, train_compiled_examples_per_s=1.0, train_compiled_first3_s=1.0,
+                eval_eager_s_per_1000=2000.0, eval_compiled_s_per_1000=1000.0, eval_compile_s=1.0, eval_k=1000, peak_memory_mb=1.0)
+    same, other = tmp_path / "2026-12-07-a.json", tmp_path / "2026-12-06-b.json"
+    same.write_text(json.dumps(dict(base, date="2026-12-07T15:00:00+00:00", commit="aaaaaaa", command="c", cases=[case])))
+    other.write_text(json.dumps(dict(base, date="2026-12-06T15:00:00+00:00", commit="bbbbbbb", command="c", cases=[dict(case, eval_compiled_s_per_1000=10.0)],
+                                     machine=dict(mach, cpu=dict(flags=["avx2", "avx512f", "avx512_bf16"])))))
+    text = bench.page([other, same], flops=[fl])
+    section = text.split("## What the arithmetic allows")[1].split("## ")[0]
+    total = 125 * (1e6 + 8 * 8.5e7) * 10_000                                           # 8.5e14: 8,500 s at 100 GFLOP/s
+    assert f"{total / 1e12:,.1f} TFLOP (10,000 images)" in section
+    assert f"{total / 100e9 / 3600:,.1f} h" in section and f"{total / 1e9 / 3600:,.1f} h" in section   # floors at float32 and bf16 rates
+    assert "2.8 h (aaaaaaa)" in section and f"{10_000 / (total / 100e9):.1f}x" in section   # the same-speed record's 1000 s per 1000 images; not the other machine's
+    assert "bbbbbbb" not in section and "float32 100 GFLOP/s, bf16 1 GFLOP/s" in section
+    assert "No count has been recorded yet." in bench.page([], flops=[]).split("## What the arithmetic allows")[1]
