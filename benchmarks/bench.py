@@ -131,7 +131,8 @@ def _train_note(name: str, r: dict) -> str:
 def _rates(machine: dict | None) -> str:
     "'float32 90 GFLOP/s, bf16 1 GFLOP/s' from a record's measured matrix-product rates ('' without them)."
     m = (machine or {}).get("matmul") or {}
-    return ", ".join(f"{'bf16' if d == 'bfloat16' else d} {m[d]['gflop_per_s']:,.0f} GFLOP/s" for d in ("float32", "bfloat16") if d in m)
+    return ", ".join(f"{'bf16' if d == 'bfloat16' else d} {m[d]['gflop_per_s']:,.0f} GFLOP/s" + (f" (n = {m[d]['n']:,})" if "n" in m[d] else "")
+                     for d in ("float32", "bfloat16") if d in m)
 
 
 def _flops_section(flops: list[Path], records: list[Path]) -> list[str]:
@@ -143,9 +144,11 @@ def _flops_section(flops: list[Path], records: list[Path]) -> list[str]:
              "and convolutions counted by torch's own counter (`torch.utils.flop_counter.FlopCounterMode`; elementwise work is not counted, so "
              "the counts are lower bounds), per training example (forward and backward) and per image of its importance-weighted evaluation "
              "(per sample, plus what every chunk of samples repeats, such as a hierarchy's bottom-up pass); and the machine's best rate on a "
-             "1024 x 1024 matrix product in float32 and in bf16, a practical ceiling for the convolutions and products of a model. The floor is "
-             "the whole test set's evaluation work at that rate: no implementation of the same model and estimator evaluates it faster on that "
-             "machine, whatever its code. The measured column is the newest compiled evaluation of the table above from a machine of the same "
+             "large square matrix product (n in the record's line) in float32 and in bf16, a practical ceiling for the convolutions and products "
+             "of a model (a 3x3 convolution of 256 channels reached 95% of it on the AVX2 machine below). The floor is the whole test set's "
+             "evaluation work at that rate: an implementation of the same model and estimator gets below it only by running its arithmetic "
+             "faster than torch runs its easiest product on that machine. Where bf16 is slower than float32 (a processor without bf16 "
+             "instructions) its floor is not shown. The measured column is the newest compiled evaluation of the table above from a machine of the same "
              "speed and instruction sets, where there is one.", ""]
     if not flops: return lines + ["No count has been recorded yet.", ""]
     rec = json.loads(flops[-1].read_text())
@@ -172,9 +175,11 @@ def _flops_section(flops: list[Path], records: list[Path]) -> list[str]:
             t = got[0]["eval_compiled_s_per_1000"] * c["test_n"] / 1000
             seen, ratio = f"{fmt(t)} ({got[1]['commit']})", f"{t / floor['float32']:.1f}x"
         else: seen, ratio = "–", "–"
+        slow16 = "bfloat16" in floor and "float32" in floor and floor["bfloat16"] > floor["float32"]
+        cells = [fmt(floor["float32"]) if "float32" in floor else "–", "slower than float32" if slow16 else fmt(floor["bfloat16"]) if "bfloat16" in floor else "–"]
         lines.append(f"| `{c['name']}` | {c['train_flop_per_example'] / 1e9:.3f} | {c['eval_flop_per_sample'] / 1e6:,.1f} | "
                      f"{c['eval_flop_per_chunk_fixed'] / 1e6:,.1f} | {c['eval_k']:,} | {c['eval_samples_per_chunk']:,} | "
-                     f"{total / 1e12:,.1f} TFLOP ({c['test_n']:,} images) | " + " | ".join(fmt(floor[d]) if d in floor else "–" for d in ("float32", "bfloat16"))
+                     f"{total / 1e12:,.1f} TFLOP ({c['test_n']:,} images) | " + " | ".join(cells)
                      + f" | {seen} | {ratio} |")
     lines += ["", ":::", "", "A measured time far above its floor has room for a faster implementation; one close to it has none, on that "
               "machine, short of less arithmetic (a smaller model, fewer samples) or faster arithmetic (bf16 where the processor has it: "
@@ -229,7 +234,7 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
                              f"{c['eval_k']:,} | – | {c['eval_s_per_1000']:,.0f} s | – | {c['peak_memory_mb'] / 1024:.2f} GB | {ids[f]} |"); continue
             te, tc = c["train_eager_examples_per_s"], c["train_compiled_examples_per_s"]
             ee, ec = c["eval_eager_s_per_1000"], c["eval_compiled_s_per_1000"]
-            chunk = f"{c['eval_samples_per_pass']} x {c['eval_batch_size']}" if "eval_samples_per_pass" in c else "–"
+            chunk = f"{c['eval_samples_per_pass']} x {min(c['eval_n'], c['eval_batch_size'])}" if "eval_samples_per_pass" in c else "–"   # the images of the timed batch
             lines.append(f"| {c['chapter']} | `{name}` | {c['params'] / 1e6:.2f}M | {te:,.0f} | {tc:,.0f} ({tc / te:.2f}x) | {c['eval_k']:,} | {chunk} | "
                          f"{ee:,.0f} s | {ec:,.0f} s ({ee / ec:.2f}x) | {c['peak_memory_mb'] / 1024:.2f} GB | {ids[f]} |")
             compiles.append(f"`{name}` {c['train_compiled_first3_s']:.0f} s (training, incl. 3 steps) and {c['eval_compile_s']:.0f} s (evaluation)")
@@ -349,17 +354,25 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
               "the same work could be.", ""]
     if not seeds: lines += ["No side-by-side has been recorded yet.", ""]
     else:
-        newest: dict[str, tuple[dict, dict, str]] = {}                          # case -> its newest measurement, from any record
+        by_case: dict[str, list[tuple[dict, dict, str]]] = {}                # case -> its measurements, oldest first
         for rec, f in sorted(((json.loads(f.read_text()), f.name) for f in seeds), key=lambda rf: rf[0]["date"]):
-            for c in rec["cases"]: newest[c["case"]] = (c, rec, f)
-        used = list(dict.fromkeys(f for _, _, f in newest.values()))
+            for c in rec["cases"]: by_case.setdefault(c["case"], []).append((c, rec, f))
+        shown: list[tuple[dict, dict, str]] = []                              # per case: the newest, then the newest on each other kind of processor
+        for measured in by_case.values():
+            kinds: set = set()
+            for c, rec, f in reversed(measured):
+                flags = ((rec.get("machine") or {}).get("cpu") or {}).get("flags")
+                kind = tuple(flags) if flags is not None else None
+                if not kinds or (kind is not None and kind not in kinds): shown.append((c, rec, f)); kinds.add(kind)
+        used = list(dict.fromkeys(f for _, _, f in shown))
         ids = {f: f"S{i + 1}" for i, f in enumerate(used)}
-        lines += ["Each case below is its newest measurement; the records they come from:", ""]
+        lines += ["Each case below is its newest measurement, followed by the newest on each other kind of processor (other instruction "
+                  "sets, named in the record's line: the bf16 sides need AVX-512 BF16 or AMX) where there is one; the records they come from:", ""]
         for f in used:
-            rec = next(r for _, r, g in newest.values() if g == f)
-            lines.append(f"- **{ids[f]}** `{f}`: " + _machine(rec, "lvmkit commit"))
+            rec = next(r for _, r, g in shown if g == f)
+            lines.append(f"- **{ids[f]}** `{f}`: " + _machine(rec, "lvmkit commit") + (f" {rec['note']}" if rec.get("note") else ""))
         lines.append("")
-        for c, rec, f in newest.values():
+        for c, rec, f in shown:
             c = dict(c, what=f"{c['what']} (record {ids[f]})")
             base = next((s["examples_per_s"] for s in c["sides"] if s.get("side") == "seed" and "error" not in s), None)
             work = next((s["gflop_per_step"] for s in c["sides"] if s.get("side") == "lvmkit" and "gflop_per_step" in s), None)   # eager: the others do the same work

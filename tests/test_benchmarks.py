@@ -283,7 +283,39 @@ def test_the_page_sets_a_measured_evaluation_beside_its_floor(tmp_path):
     section = text.split("## What the arithmetic allows")[1].split("## ")[0]
     total = 125 * (1e6 + 8 * 8.5e7) * 10_000                                           # 8.5e14: 8,500 s at 100 GFLOP/s
     assert f"{total / 1e12:,.1f} TFLOP (10,000 images)" in section
-    assert f"{total / 100e9 / 3600:,.1f} h" in section and f"{total / 1e9 / 3600:,.1f} h" in section   # floors at float32 and bf16 rates
+    assert f"{total / 100e9 / 3600:,.1f} h" in section and "| slower than float32 |" in section    # the float32 floor; bf16 slower here: no floor
+    fast16 = dict(mach, matmul={"float32": dict(gflop_per_s=100.0), "bfloat16": dict(gflop_per_s=200.0, n=2048)})
+    fl.write_text(json.dumps(dict(base, machine=fast16, date="2026-12-07T16:00:00+00:00", commit="ccccccc", command="python benchmarks/flops.py", cases=[count])))
+    fast = bench.page([], flops=[fl]).split("## What the arithmetic allows")[1]
+    assert f"{total / 200e9 / 3600:,.1f} h" in fast and "bf16 200 GFLOP/s (n = 2,048)" in fast          # a bf16 machine: its floor
+    fl.write_text(json.dumps(dict(base, date="2026-12-07T16:00:00+00:00", commit="ccccccc", command="python benchmarks/flops.py", cases=[count])))
     assert "2.8 h (aaaaaaa)" in section and f"{10_000 / (total / 100e9):.1f}x" in section   # the same-speed record's 1000 s per 1000 images; not the other machine's
     assert "bbbbbbb" not in section and "float32 100 GFLOP/s, bf16 1 GFLOP/s" in section
     assert "No count has been recorded yet." in bench.page([], flops=[]).split("## What the arithmetic allows")[1]
+
+
+def test_a_case_measured_on_another_kind_of_processor_keeps_its_newest_there_and_shows_its_work(tmp_path):
+    bench = _load("bench")
+    base = dict(hardware="CPU: AMD EPYC, 2 threads", threads=2, torch="2.14.1", python="3.11.7", command="python benchmarks/seeds.py --cases a")
+    side = lambda name, eps, **kw: dict(dict(side=name, params=1e5, examples_per_s=eps, ms_per_step=1000 * 64 / eps, warmup_s=30.0), **kw)
+    case = lambda sides: dict(case="a", seed="seed/a@c7b298e", what="what a", recipe="recipe-a", sides=sides)
+    mach = lambda flags: dict(calibration=dict(ms=76.0, threads=2), cpu=dict(flags=flags), matmul={"float32": dict(gflop_per_s=180.0)})
+    def write(name, date, commit, flags, sides, **kw):
+        (tmp_path / name).write_text(json.dumps(dict(base, date=date, commit=commit, cases=[case(sides)],
+                                                     **({"machine": mach(flags)} if flags is not None else {}), **kw)))
+        return tmp_path / name
+    unknown = write("seeds-0.json", "2026-11-30T05:00:00+00:00", "0000000", None, [side("seed", 10.0), side("lvmkit", 11.0)])
+    bf16 = write("seeds-1.json", "2026-12-02T05:00:00+00:00", "1111111", ["avx2", "avx512f", "avx512_bf16"],
+                 [side("seed", 10.0), side("lvmkit", 12.0), side("lvmkit compiled bf16", 26.0)])
+    avx2 = write("seeds-2.json", "2026-12-07T05:00:00+00:00", "2222222", ["avx2"],
+                 [side("seed", 10.0, gflop_per_step=448.0), side("lvmkit", 13.0, gflop_per_step=328.0), side("lvmkit compiled", 17.0)], note="A note.")
+    text = bench.page([], [unknown, bf16, avx2]).split("## Side by side with the seeds' own code")[1]
+    assert text.index("**what a (record S1)**") < text.index("**what a (record S2)**") and "(record S3)" not in text   # the older unknown machine: superseded
+    assert "lvmkit commit `2222222`" in text and "lvmkit commit `1111111`" in text and "0000000" not in text
+    assert "avx2, avx512f, avx512_bf16" in text and "A note." in text and "matrix products: float32 180 GFLOP/s" in text
+    s1 = text.split("(record S1)**")[1].split("**what a")[0]
+    assert "| GFLOP per step | GFLOP/s |" in s1
+    assert "| seed/a@c7b298e | 0.10M | 10.0 | 6,400 | 448.0 | 70 | 1.00x |" in s1           # 448 GFLOP in 6.4 s
+    assert "| lvmkit `recipe-a`, compiled | 0.10M | 17.0 (compile 30 s, not counted) | 3,765 | 328.0 | 87 | 1.70x |" in s1   # the eager side's work
+    s2 = text.split("(record S2)**")[1]
+    assert "GFLOP per step" not in s2 and "| lvmkit `recipe-a`, compiled, bf16 autocast | 0.10M | 26.0 (compile 30 s, not counted) | 2,462 | 2.60x |" in s2
