@@ -389,7 +389,8 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
                 spread = (f" (median of {len(s['examples_per_s_runs'])}: {min(s['examples_per_s_runs']):,.0f}–{max(s['examples_per_s_runs']):,.0f})"
                           if len(s.get("examples_per_s_runs", [])) > 1 else "")
                 g = s.get("gflop_per_step", None if s["side"] == "seed" else work)
-                flop = (f" {g:,.1f} | {g / (s['ms_per_step'] / 1000):,.0f} |" if g else " – | – |") if counted else ""
+                flop = (f" {g:,.1f} | {g / (s['ms_per_step'] / 1000):,.0f} |" if g and g >= 10 else f" {g:.3g} | {g / (s['ms_per_step'] / 1000):,.0f} |" if g
+                        else " – | – |") if counted else ""                                    # three digits for the small models' work
                 lines.append(f"| {code} | {s['params'] / 1e6:.2f}M | {s['examples_per_s']:,.1f}{spread}{extra} | {s['ms_per_step']:,.{1 if s['ms_per_step'] < 100 else 0}f} |{flop} {ratio} |")
             lines.append("")
         lines.append("")
