@@ -12,14 +12,12 @@ the difference depends on the trained weights, which is why this runs on run fol
 Nothing else should run on the machine while it measures. Not part of CI.
 """
 from __future__ import annotations
-import argparse, json, platform, sys, time
-from datetime import datetime, timezone
+import argparse, json, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import describe  # noqa: E402  (the machine's identity and calibration, in every record)
-RESULTS = ROOT / "benchmarks" / "results"
+from machine import record, write_record  # noqa: E402  (every record's machine, commit and date)
 
 
 def measure(run: Path, n: int) -> dict:
@@ -76,9 +74,6 @@ def main() -> int:
     ap.add_argument("--runs", default="runs", help="the folder that holds the run folders")
     ap.add_argument("--cases", nargs="+", required=True, type=parse_case, help="RUN:N, the run folder's name (its recipe's name, or NAME-bf16 for a run of lvmkit train NAME --amp) and the test images")
     a = ap.parse_args()
-    import torch
-    sys.path.insert(0, str(ROOT))
-    from lvmkit.core import describe_hardware, git_commit
     missing = [name for name, _ in a.cases if not (Path(a.runs) / name / "last.pt").is_file()]
     if missing: ap.error(f"no checkpoint {', '.join(str(Path(a.runs) / m / 'last.pt') for m in missing)}: train the run first "
                          f"(lvmkit train NAME --out {a.runs}/NAME) or point --runs at the folder that holds it")
@@ -86,14 +81,8 @@ def main() -> int:
     for name, n in a.cases:
         r = measure(Path(a.runs) / name, n); cases.append(r)
         print(json.dumps(r), flush=True)
-    rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware("cpu"), threads=torch.get_num_threads(),
-               torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT),
-               command=f"python benchmarks/amp_eval.py --runs {a.runs} --cases " + " ".join(f"{name}:{n}" for name, n in a.cases), cases=cases,
-               machine=describe())
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"amp-{rec['date'][:10]}-{rec['commit']}.json"
-    out.write_text(json.dumps(rec, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_record(record(f"python benchmarks/amp_eval.py --runs {a.runs} --cases " + " ".join(f"{name}:{n}" for name, n in a.cases), cases,
+                        device="cpu"), "amp-")
     return 0
 
 

@@ -27,15 +27,13 @@ carries only its device label, so it prints the two rates and says why it does n
 Nothing else should run on the machine while it trains. Not part of CI.
 """
 from __future__ import annotations
-import argparse, json, platform, sys
+import argparse, json, sys
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import describe  # noqa: E402  (the machine's identity and calibration, in every record)
-RESULTS = ROOT / "benchmarks" / "results"
+from machine import record, write_record  # noqa: E402  (every record's machine, commit and date)
 
 
 def records(folder: Path, name: str) -> dict[int, dict]:
@@ -99,10 +97,8 @@ def main() -> int:
     ref = a.reference or a.recipe                       # the float32 side's record name: the book's, or a float32 run's
     fp32 = records(Path(a.results), ref)
     if not fp32: ap.error(f"no float32 record {Path(a.results) / (ref + '.json')}: run the recipe's chapter (or lvmkit train {a.recipe}) first")
-    import torch
     sys.path.insert(0, str(ROOT))
     from lvmkit.cli import main as lvmkit
-    from lvmkit.core import describe_hardware, git_commit
     tag = "fp32" if a.fp32 else "bf16"                  # how the run trains: its name (lvmkit train --no-amp / --amp) and folder
     run = Path(a.runs) / f"{a.recipe}-{tag}"
     argv = ["train", a.recipe, "--no-amp" if a.fp32 else "--amp", "--out", str(run), "--results-dir", str(run / "records"), "--no-progress"]
@@ -123,16 +119,12 @@ def main() -> int:
         c["prior_stage"] = p
     if c["fp32_record"]["device"] != c["bf16_device"]:
         print(f"warning: the float32 record was measured on {c['fp32_record']['device']}, this run on {c['bf16_device']}: speeds are not comparable")
-    rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware("cpu"), threads=torch.get_num_threads(),
-               torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT), recipe=a.recipe,
-               trained="float32" if a.fp32 else "bf16", compiled=a.compile, machine=describe(),
-               command=f"python benchmarks/amp_train.py {a.recipe}" + (" --fp32" if a.fp32 else "") + (" --compile" if a.compile else "") + (f" --iw {' '.join(map(str, a.iw))}" if a.iw else "")
-                       + (" --eval-amp" if a.eval_amp else "") + (f" --results {a.results} --reference {ref}" if a.reference else "")
-                       + (f" --reference-machine {a.reference_machine}" if a.reference_machine else ""), **c, **({"note": a.note} if a.note else {}))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"amp-train-{a.recipe}{'-fp32' if a.fp32 else ''}-{rec['date'][:10]}-{rec['commit']}.json"
-    out.write_text(json.dumps(rec, indent=1) + "\n")
-    print(json.dumps(c, indent=1)); print(f"wrote {out}")
+    command = (f"python benchmarks/amp_train.py {a.recipe}" + (" --fp32" if a.fp32 else "") + (" --compile" if a.compile else "") + (f" --iw {' '.join(map(str, a.iw))}" if a.iw else "")
+               + (" --eval-amp" if a.eval_amp else "") + (f" --results {a.results} --reference {ref}" if a.reference else "")
+               + (f" --reference-machine {a.reference_machine}" if a.reference_machine else ""))
+    rec = record(command, device="cpu", recipe=a.recipe, trained="float32" if a.fp32 else "bf16", compiled=a.compile, **c, **({"note": a.note} if a.note else {}))
+    write_record(rec, f"amp-train-{a.recipe}{'-fp32' if a.fp32 else ''}-")
+    print(json.dumps(c, indent=1))
     return 0
 
 

@@ -13,15 +13,14 @@ the compiled evaluation is run twice, and the difference of the two times is rep
 peak resident set size (CPU) or the CUDA allocator's peak. Nothing else should run on the machine while it measures. Not part of CI.
 """
 from __future__ import annotations
-import argparse, json, platform, resource, subprocess, sys, time
-from datetime import datetime, timezone
+import argparse, json, resource, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "book" / "performance.md"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import describe, same_speed, summary  # noqa: E402  (the machine's identity and calibration, in every record)
+from machine import record, same_speed, summary, write_record  # noqa: E402  (every record's machine, commit and date)
 # chapter, recipe, training steps timed, test images evaluated
 CASES = [("1", "vae-mlp", 30, 200), ("1", "vae-seed-meanfield", 30, 200), ("2", "iaf-mlp", 30, 200), ("3", "vlae-mlp", 30, 100),
          ("4", "lvae-mnist-cpu", 10, 25), ("5", "biva-mnist-cpu", 10, 25), ("5", "biva-mnist-cpu-deep", 10, 25),
@@ -407,9 +406,6 @@ def main() -> int:
         _, name, steps, n = next(c for c in CASES if c[1] == a.case)
         print(json.dumps(measure(name, steps, n))); return 0
     if not a.page:
-        import torch
-        sys.path.insert(0, str(ROOT))
-        from lvmkit.core import default_device, describe_hardware, git_commit
         cases = []
         for chapter, name, steps, n in CASES:
             if a.cases and name not in a.cases: continue
@@ -417,12 +413,7 @@ def main() -> int:
             out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"name": name, "error": r.stderr.strip().splitlines()[-1]}
             out["chapter"] = chapter; cases.append(out)
             print(json.dumps(out), flush=True)
-        rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware(default_device()),
-                   torch=torch.__version__, python=platform.python_version(), commit=git_commit(ROOT), command="python benchmarks/bench.py "
-                   + (" ".join(["--cases", *a.cases]) if a.cases else ""), cases=cases, machine=describe())
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / f"{rec['date'][:10]}-{rec['commit']}.json"
-        out.write_text(json.dumps(rec, indent=1) + "\n"); print(f"wrote {out}")
+        write_record(record("python benchmarks/bench.py " + (" ".join(["--cases", *a.cases]) if a.cases else ""), cases), "")
     PAGE.write_text(page(sorted(p for p in RESULTS.glob("*.json") if not p.name.startswith(("seeds-", "amp-", "machine-check-", "flops-"))),
                          sorted(RESULTS.glob("seeds-*.json")), sorted(p for p in RESULTS.glob("amp-*.json") if not p.name.startswith("amp-train-")),
                          sorted(RESULTS.glob("amp-train-*.json"), key=lambda p: json.loads(p.read_text())["date"]),

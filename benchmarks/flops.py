@@ -21,14 +21,12 @@ matrices and everything not counted run slower, so a recipe's measured time is a
 `benchmarks/bench.py` record of a machine of the same speed exists. Not part of CI.
 """
 from __future__ import annotations
-import argparse, json, math, platform, sys
-from datetime import datetime, timezone
+import argparse, json, math, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import describe  # noqa: E402
+from machine import record, write_record  # noqa: E402
 from bench import CASES  # noqa: E402
 
 
@@ -86,21 +84,12 @@ def main() -> int:
     ap.add_argument("--cases", nargs="+", choices=[c[1] for c in CASES], help="recipe names (default: every case of bench.py)")
     ap.add_argument("--out", type=Path, help="the JSON record (default: benchmarks/results/flops-<date>-<commit>.json)")
     a = ap.parse_args()
-    import torch
-    sys.path.insert(0, str(ROOT))
-    from lvmkit.core import default_device, describe_hardware, git_commit
     cases = []
     for chapter, name, _, _ in CASES:
         if a.cases and name not in a.cases: continue
         c = dict(count(name), chapter=chapter); cases.append(c)
         print(json.dumps(c), flush=True)
-    rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware(default_device()), torch=torch.__version__,
-               python=platform.python_version(), commit=git_commit(ROOT), threads=torch.get_num_threads(),
-               command="python benchmarks/flops.py" + (" --cases " + " ".join(a.cases) if a.cases else ""), cases=cases,
-               machine=describe(rates=True))
-    out = a.out or RESULTS / f"flops-{rec['date'][:10]}-{rec['commit']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rec, indent=1) + "\n"); print(f"wrote {out}")
+    write_record(record("python benchmarks/flops.py" + (" --cases " + " ".join(a.cases) if a.cases else ""), cases, rates=True), "flops-", a.out)
     return 0
 
 

@@ -82,6 +82,29 @@ def describe(rates: bool = False) -> dict:
     return out
 
 
+def record(command: str, cases: list | None = None, device: str | None = None, rates: bool = False, **fields) -> dict:
+    """A benchmark record: the date, where it ran (lvmkit's device label, torch, Python, threads, `describe(rates)`), lvmkit's commit,
+    the command that made it and its cases (where it has some), with `fields` (a recipe, a note, ...). `device`: the label's device
+    (default: the best one)."""
+    import platform, sys
+    from datetime import datetime, timezone
+    import torch
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
+    from lvmkit.core import default_device, describe_hardware, git_commit
+    return dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware(device or default_device()),
+                torch=torch.__version__, python=platform.python_version(), commit=git_commit(root), threads=torch.get_num_threads(),
+                command=command, **({} if cases is None else {"cases": cases}), machine=describe(rates=rates), **fields)
+
+
+def write_record(rec: dict, prefix: str, out: Path | None = None) -> Path:
+    "Write `rec` as benchmarks/results/<prefix><date>-<commit>.json (or `out`) and say so; returns the path."
+    out = out or Path(__file__).resolve().parent / "results" / f"{prefix}{rec['date'][:10]}-{rec['commit']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=1) + "\n"); print(f"wrote {out}")
+    return out
+
+
 def same_speed(a: dict | None, b: dict | None) -> bool | None:
     """Whether two records' machines ran at the same speed: True or False from their calibrations (same thread count, within TOLERANCE,
     and the same instruction sets where both records list them),

@@ -28,15 +28,13 @@ should run on the machine. Writes benchmarks/results/seeds-<date>-<commit>.json 
 shows on the Performance page. Not part of CI.
 """
 from __future__ import annotations
-import argparse, importlib.util, json, os, platform, subprocess, sys, time, types
-from datetime import datetime, timezone
+import argparse, importlib.util, json, os, subprocess, sys, time, types
 from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import describe  # noqa: E402  (the machine's identity and calibration, in every record)
-RESULTS = ROOT / "benchmarks" / "results"
+from machine import record, write_record  # noqa: E402  (every record's machine, commit and date)
 SIDES = ("seed", "eager", "compiled", "eager-bf16", "compiled-bf16")   # lvmkit in float32, and under bf16 autocast (TrainConfig(amp=True))
 # the seeds' checkouts: option -> (repository, placeholder in the recorded command)
 SOURCES = {"lvae_src": ("addtt/ladder-vae-pytorch", "LADDER_VAE"), "boilr_src": ("addtt/boiler-pytorch", "BOILR"),
@@ -274,9 +272,6 @@ def main() -> int:
         print(json.dumps(r)); return 0
     missing = {f"--{k.replace('_', '-')}" for c in a.cases for k in CASES[c].sources if "seed" in a.sides and not src[k]}
     if missing: ap.error(f"the seed side of {', '.join(a.cases)} needs {' and '.join(sorted(missing))} (see --help for the checkouts)")
-    import torch
-    sys.path.insert(0, str(ROOT))
-    from lvmkit.core import default_device, describe_hardware, git_commit
     passed = [x for k in SOURCES if src[k] for x in (f"--{k.replace('_', '-')}", src[k])]
     common = ["--steps", str(a.steps), "--warmup", str(a.warmup)] + (["--batch", str(a.batch)] if a.batch else [])
     rounds = ["--repeats", str(a.repeats)] if a.repeats > 1 else []
@@ -297,12 +292,7 @@ def main() -> int:
     needed = [k for k in SOURCES if any(k in CASES[c].sources for c in a.cases) and "seed" in a.sides]
     command = " ".join(["python benchmarks/seeds.py", "--cases", *a.cases, *[f"--{k.replace('_', '-')} {SOURCES[k][1]}" for k in needed], *common, *rounds]
                        + (["--sides", *a.sides] if list(a.sides) != list(SIDES) else []))
-    rec = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), hardware=describe_hardware(default_device()), torch=torch.__version__,
-               python=platform.python_version(), commit=git_commit(ROOT), threads=torch.get_num_threads(), command=command, cases=cases,
-               machine=describe(rates=True))
-    out = a.out or RESULTS / f"seeds-{rec['date'][:10]}-{rec['commit']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rec, indent=1) + "\n"); print(f"wrote {out}")
+    write_record(record(command, cases, rates=True), "seeds-", a.out)
     return 0
 
 

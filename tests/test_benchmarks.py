@@ -319,3 +319,19 @@ def test_a_case_measured_on_another_kind_of_processor_keeps_its_newest_there_and
     assert "| lvmkit `recipe-a`, compiled | 0.10M | 17.0 (compile 30 s, not counted) | 3,765 | 328.0 | 87 | 1.70x |" in s1   # the eager side's work
     s2 = text.split("(record S2)**")[1]
     assert "GFLOP per step" not in s2 and "| lvmkit `recipe-a`, compiled, bf16 autocast | 0.10M | 26.0 (compile 30 s, not counted) | 2,462 | 2.60x |" in s2
+
+
+def test_every_script_writes_its_record_through_one_helper(tmp_path):
+    "machine.record gives the date, hardware, versions, commit, threads, command and machine; cases only where given; write_record names the file."
+    machine = _load("machine")
+    rec = machine.record("python benchmarks/x.py", device="cpu", recipe="vae-mlp", note="n")
+    assert {"date", "hardware", "torch", "python", "commit", "threads", "command", "machine", "recipe", "note"} <= set(rec) and "cases" not in rec
+    assert rec["hardware"].startswith("CPU:") and "calibration" in rec["machine"] and "matmul" not in rec["machine"]
+    out = machine.write_record(dict(rec, cases=[1]), "amp-train-vae-mlp-", tmp_path / "r.json")
+    assert json.loads(out.read_text())["cases"] == [1]
+    default = machine.write_record(rec, "test-prefix-", None)
+    try: assert default.name == f"test-prefix-{rec['date'][:10]}-{rec['commit']}.json" and default.parent.name == "results"
+    finally: default.unlink()
+    for script in ("bench", "seeds", "flops", "amp_eval", "amp_train"):                 # none builds a record of its own any more
+        text = (ROOT / "benchmarks" / f"{script}.py").read_text()
+        assert "write_record(" in text and "datetime.now" not in text, script
