@@ -381,7 +381,8 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
                                                   ["| code | parameters | training (examples/s) | ms per step | vs the seed |", "|---|--:|--:|--:|--:|"])
             for s in c["sides"]:
                 code = c["seed"] if s["side"] == "seed" else (f"lvmkit `{c['recipe']}`" + (", compiled" if "compiled" in s["side"] else ", eager")
-                                                               + (", bf16 autocast" if "bf16" in s["side"] else ""))
+                                                               + (", bf16 autocast" if "bf16" in s["side"] else "")
+                                                               + (", channels-last" if "channels-last" in s["side"] else ""))
                 if "error" in s: lines.append(f"| {code} | failed: {s['error'][:80]} |" + " |" * (5 if counted else 3)); continue
                 ratio = f"{s['examples_per_s'] / base:.2f}x" if base else "–"
                 extra = f" (compile {s['warmup_s']:.0f} s, not counted)" if "compiled" in s["side"] else ""

@@ -16,7 +16,8 @@ vqvae and pixelcnn: the `train` loop of vq_vae.py and of vq_vae_gated_pixelcnn_p
 it records). lvmkit's: the recipe's objective through `LossModule` (stage 2: minus log p(codes), as `fit_prior` trains it), backward and
 the recipe's optimiser, eager and with `TrainConfig(compile=True)` (torch.compile of the loss module and of the optimizer's step, as `fit` does; its compile
 time is reported separately and excluded from the rate), each in float32 and under bf16 autocast (`TrainConfig(amp=True)`, `lvmkit train NAME --amp`: the forward pass in bf16
-where autocast chooses it, weights, gradients and optimiser state in float32). The seeds train in float32. A speed-up under bf16 counts
+where autocast chooses it, weights, gradients and optimiser state in float32), and in float32 with channels-last (sides eager-cl and
+compiled-cl: `TrainConfig(channels_last=True)`, `lvmkit train NAME --channels-last`, the model's 4-d weights and the batch in NHWC). The seeds train in float32. A speed-up under bf16 counts
 only with a full bf16 run whose bound matches the float32 record (the Performance page shows that check). Data loading is excluded on both sides: one fixed batch of real data (binarized MNIST, or CIFAR-10 with each side's own
 preprocessing of it done once beforehand, as each loads its data: henrhoi's dequantized logits, lvmkit's 8-bit pixels, lvmkit's codes for
 its prior). henrhoi's code calls .cuda(): in its process that is made a no-op, so that it runs on the CPU, unchanged. The JSON record
@@ -35,7 +36,8 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import record, write_record  # noqa: E402  (every record's machine, commit and date)
-SIDES = ("seed", "eager", "compiled", "eager-bf16", "compiled-bf16")   # lvmkit in float32, and under bf16 autocast (TrainConfig(amp=True))
+SIDES = ("seed", "eager", "compiled", "eager-bf16", "compiled-bf16",   # lvmkit in float32, and under bf16 autocast (TrainConfig(amp=True))
+         "eager-cl", "compiled-cl")                                     # lvmkit in float32 with channels-last (TrainConfig(channels_last=True))
 # the seeds' checkouts: option -> (repository, placeholder in the recorded command)
 SOURCES = {"lvae_src": ("addtt/ladder-vae-pytorch", "LADDER_VAE"), "boilr_src": ("addtt/boiler-pytorch", "BOILR"),
            "altosaar_src": ("altosaar/variational-autoencoder", "ALTOSAAR_VAE"), "henrhoi_src": ("henrhoi/vae-pytorch", "HENRHOI_VAE")}
@@ -211,7 +213,7 @@ def run_seed(case: str, src: dict, batch: int | None, steps: int, warmup: int) -
                 warmup_s=first, gflop_per_step=_gflop(step, warmup + steps))
 
 
-def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: int, amp: bool = False) -> dict:
+def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: int, amp: bool = False, channels_last: bool = False) -> dict:
     import torch
     sys.path.insert(0, str(ROOT))
     import lvmkit.recipes  # noqa: F401
@@ -232,6 +234,9 @@ def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: 
         n = batch or train.batch_size
         x, loss_fn = _batch(n, exp.data.dataset), OBJECTIVES[exp.loss](**exp.objective)
     if hasattr(model, "data_init"): model.data_init(x)                  # what fit does with the first batch
+    if channels_last:                                                    # what fit does with TrainConfig(channels_last=True)
+        model = model.to(memory_format=torch.channels_last)
+        if x.dim() == 4: x = x.contiguous(memory_format=torch.channels_last)
     module = LossModule(model, loss_fn)
     if compile: module = torch.compile(module)                           # what fit does with TrainConfig(compile=True)
     opt = make_optimizer(list(model.parameters()), replace(train, compile=compile), torch.device("cpu"))
@@ -242,9 +247,9 @@ def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: 
             loss, _ = module(x, i)
         opt.zero_grad(set_to_none=True); loss.float().backward(); update()
     first, dt = _time(step, steps, warmup)
-    return dict(side=("lvmkit compiled" if compile else "lvmkit") + (" bf16" if amp else ""), params=_count(model.parameters()), batch=n, optimizer=_optimizer(opt),
+    return dict(side=("lvmkit compiled" if compile else "lvmkit") + (" bf16" if amp else "") + (" channels-last" if channels_last else ""), params=_count(model.parameters()), batch=n, optimizer=_optimizer(opt),
                 examples_per_s=steps * n / dt, ms_per_step=1000 * dt / steps, warmup_s=first,
-                **({} if compile or amp else dict(gflop_per_step=_gflop(step, warmup + steps))))
+                **({} if compile or amp or channels_last else dict(gflop_per_step=_gflop(step, warmup + steps))))
 
 
 def main() -> int:
@@ -268,7 +273,7 @@ def main() -> int:
     src = {k: getattr(a, k) for k in SOURCES}
     if a.side:                                                           # one side of one case, in this (fresh) process
         r = run_seed(a.case, src, a.batch, a.steps, a.warmup) if a.side == "seed" else \
-            run_lvmkit(a.case, a.side.startswith("compiled"), a.batch, a.steps, a.warmup, amp=a.side.endswith("bf16"))
+            run_lvmkit(a.case, a.side.startswith("compiled"), a.batch, a.steps, a.warmup, amp=a.side.endswith("bf16"), channels_last=a.side.endswith("-cl"))
         print(json.dumps(r)); return 0
     missing = {f"--{k.replace('_', '-')}" for c in a.cases for k in CASES[c].sources if "seed" in a.sides and not src[k]}
     if missing: ap.error(f"the seed side of {', '.join(a.cases)} needs {' and '.join(sorted(missing))} (see --help for the checkouts)")

@@ -103,7 +103,7 @@ def set_rng_state(state: dict) -> None:
     if state.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(state["cuda"])
 
 # %% ../nbs/04a_checkpoint.ipynb #f751e2c6
-RESUMABLE_FIELDS = ("steps", "patience", "eval_every", "log_every", "compile")  # the TrainConfig fields that may change when a run is resumed
+RESUMABLE_FIELDS = ("steps", "patience", "eval_every", "log_every", "compile", "channels_last")  # the TrainConfig fields that may change when a run is resumed
 
 def check_resumable(config: Any,                 # the run's TrainConfig (a dataclass)
                     ckpt: dict, path: str | Path = "the checkpoint") -> None:

@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch.compile the training step, the loss and the optimizer's update (--compile), or not (--no-compile), instead of "
                         "the recipe's setting: faster after a compile of a minute or so, the same run up to rounding (same name and folder; "
                         "a run may be resumed with the other setting)")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="train with the model's 4-d weights and the image batches in NHWC memory format (--channels-last), or not, instead of "
+                        "the recipe's setting: faster for some convolutional models (see the Performance page); the same run (same name and folder, "
+                        "resumable with the other setting), up to rounding and to random draws made in an NHWC tensor's layout (dropout masks, "
+                        "dequantization noise), which come in another order")
     t.add_argument("--eval-amp", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate under bf16 autocast (--eval-amp) or in float32 (--no-eval-amp) instead of the recipe's setting: faster where "
                         "the processor has bf16 arithmetic (a CPU with AVX-512 BF16 or AMX, an Ampere or newer GPU), slower elsewhere (lvmkit warns), a slightly different estimate; the records' protocol says 'evaluated under bf16 autocast'")
@@ -137,6 +142,8 @@ def _train(a: argparse.Namespace) -> dict:
         exp = replace(exp, evaluation=replace(exp.evaluation, k=ks), quick=replace(exp.quick, k=ks))
     if a.compile is not None:            # how fast, not what is trained: the same run (TrainConfig.compile is resumable)
         exp = replace(exp, **both_stages(compile=a.compile))
+    if a.channels_last is not None:      # a memory layout, not what is trained: the same run (TrainConfig.channels_last is resumable)
+        exp = replace(exp, **both_stages(channels_last=a.channels_last))
     if a.eval_amp is not None:           # how the number is measured, not what is trained: the same run, its records say which
         exp = replace(exp, evaluation=replace(exp.evaluation, amp=a.eval_amp))
     init_distributed()   # under torchrun: join the process group, so fit trains data-parallel; a no-op otherwise

@@ -58,6 +58,7 @@ class TrainConfig:
     log_every: int = 100
     amp: bool | None = None        # bf16 autocast; None = on a CUDA GPU with native bf16, off elsewhere (core.default_amp)
     compile: bool = False          # torch.compile the training forward and the optimizer step
+    channels_last: bool = False    # NHWC memory format for the model's 4-d weights and the image batches (conv models)
     seed: int = 0
     on_nonfinite: str = "raise"    # raise | skip
 
@@ -77,6 +78,7 @@ class TrainConfig:
         if self.patience is not None and (not _is_int(self.patience) or self.patience < 1): bad("patience", "None or an int >= 1")
         if self.amp is not None and not isinstance(self.amp, bool): bad("amp", "None, True or False")
         if not isinstance(self.compile, bool): bad("compile", "True or False")
+        if not isinstance(self.channels_last, bool): bad("channels_last", "True or False")
         if self.on_nonfinite not in ("raise", "skip"): bad("on_nonfinite", "'raise' or 'skip'")
 
 # %% ../nbs/04_training.ipynb #75e85616
@@ -403,6 +405,7 @@ def _new_run(model: nn.Module, train_data: Dataset | Tensor, valid_data: Dataset
     if config.batch_size % world: raise ValueError(f"TrainConfig.batch_size={config.batch_size} must be divisible by the number of processes ({world})")
     device = torch.device(device) if device is not None else _default_device(world)
     model.to(device)
+    if config.channels_last: model.to(memory_format=torch.channels_last)   # every 4-d weight NHWC (a layout: the same values)
     batches = EpochBatches(train_data, config.batch_size // world, config.seed, rank, world, device)
     optimizer = make_optimizer(list(model.parameters()), config, device)
     scheduler = LambdaLR(optimizer, lambda s: lr_factor(config, s))
@@ -556,6 +559,7 @@ def _train(run: _Run, end: int, deadline: float | None, bar: tqdm) -> None:
         x, bad = next(batches)
         if _any_rank(bad, run.world, run.device):
             raise ValueError(f"batch at step {run.state.step} contains NaN/Inf; clean the data (lvmkit.data checks it)")
+        if run.config.channels_last and x.dim() == 4: x = x.contiguous(memory_format=torch.channels_last)
         stop = _take_step(run, x, stop=(deadline is not None and time.monotonic() > deadline) or _SIGNALLED["by"] is not None).stop
         bar.update(1)
         if run.state.step % run.config.log_every == 0:

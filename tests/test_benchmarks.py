@@ -308,7 +308,8 @@ def test_a_case_measured_on_another_kind_of_processor_keeps_its_newest_there_and
     bf16 = write("seeds-1.json", "2026-12-02T05:00:00+00:00", "1111111", ["avx2", "avx512f", "avx512_bf16"],
                  [side("seed", 10.0), side("lvmkit", 12.0), side("lvmkit compiled bf16", 26.0)])
     avx2 = write("seeds-2.json", "2026-12-07T05:00:00+00:00", "2222222", ["avx2"],
-                 [side("seed", 10.0, gflop_per_step=448.0), side("lvmkit", 13.0, gflop_per_step=328.0), side("lvmkit compiled", 17.0)], note="A note.")
+                 [side("seed", 10.0, gflop_per_step=448.0), side("lvmkit", 13.0, gflop_per_step=328.0), side("lvmkit compiled", 17.0),
+                  side("lvmkit channels-last", 14.0), side("lvmkit compiled channels-last", 18.0)], note="A note.")
     text = bench.page([], [unknown, bf16, avx2]).split("## Side by side with the seeds' own code")[1]
     assert text.index("**what a (record S1)**") < text.index("**what a (record S2)**") and "(record S3)" not in text   # the older unknown machine: superseded
     assert "lvmkit commit `2222222`" in text and "lvmkit commit `1111111`" in text and "0000000" not in text
@@ -317,6 +318,8 @@ def test_a_case_measured_on_another_kind_of_processor_keeps_its_newest_there_and
     assert "| GFLOP per step | GFLOP/s |" in s1
     assert "| seed/a@c7b298e | 0.10M | 10.0 | 6,400 | 448.0 | 70 | 1.00x |" in s1           # 448 GFLOP in 6.4 s
     assert "| lvmkit `recipe-a`, compiled | 0.10M | 17.0 (compile 30 s, not counted) | 3,765 | 328.0 | 87 | 1.70x |" in s1   # the eager side's work
+    assert "| lvmkit `recipe-a`, eager, channels-last | 0.10M | 14.0 | 4,571 | 328.0 | 72 | 1.40x |" in s1
+    assert "| lvmkit `recipe-a`, compiled, channels-last | 0.10M | 18.0 (compile 30 s, not counted) |" in s1
     s2 = text.split("(record S2)**")[1]
     assert "GFLOP per step" not in s2 and "| lvmkit `recipe-a`, compiled, bf16 autocast | 0.10M | 26.0 (compile 30 s, not counted) | 2,462 | 2.60x |" in s2
 
@@ -335,3 +338,25 @@ def test_every_script_writes_its_record_through_one_helper(tmp_path):
     for script in ("bench", "seeds", "flops", "amp_eval", "amp_train"):                 # none builds a record of its own any more
         text = (ROOT / "benchmarks" / f"{script}.py").read_text()
         assert "write_record(" in text and "datetime.now" not in text, script
+
+
+def test_the_channels_last_sides_train_lvmkit_in_nhwc(monkeypatch):
+    "seeds.py's -cl sides run lvmkit's step with the model's 4-d weights in NHWC, as TrainConfig(channels_last=True) does."
+    seeds = _load("seeds")
+    assert {"eager-cl", "compiled-cl"} <= set(seeds.SIDES)
+    import torch
+    seen = {}
+    real_step = torch.optim.Adam.step
+    def spy(self, *a, **k):                                               # the layout of the trained weights and of the batch
+        four = [p for g in self.param_groups for p in g["params"] if p.dim() == 4]
+        seen["nhwc"], seen["nchw"] = [p.is_contiguous(memory_format=torch.channels_last) for p in four], [p.is_contiguous() for p in four]
+        return real_step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    monkeypatch.setattr(seeds, "_batch", lambda n, dataset: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8))
+    monkeypatch.setattr(seeds, "_gflop", lambda step, i: 0.0)
+    monkeypatch.setitem(seeds.CASES, "tiny", seeds.Case("a small VQ-VAE", "vqvae-cifar10", ("henrhoi_src",)))
+    r = seeds.run_lvmkit("tiny", False, 2, 1, 0, channels_last=True)
+    assert r["side"] == "lvmkit channels-last" and "gflop_per_step" not in r
+    assert seen["nhwc"] and all(seen["nhwc"]) and not all(seen["nchw"])   # (a 1x1 kernel's weight is contiguous in both layouts)
+    seeds.run_lvmkit("tiny", False, 2, 1, 0)
+    assert all(seen["nchw"]) and not all(seen["nhwc"])

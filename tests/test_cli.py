@@ -244,15 +244,16 @@ def test_train_amp_is_its_own_run_and_says_so(tmp_path, capsys):
 
 
 def test_train_amp_and_compile_reach_the_prior_stage_of_a_two_stage_recipe(monkeypatch, capsys):
-    "--amp and --compile hold for both stages of the VQ-VAE (its PixelCNN prior trains under them too), and for the one stage of the others."
+    "--amp, --compile and --channels-last hold for both stages of the VQ-VAE (its PixelCNN prior trains under them too), and for the one stage of the others."
     import lvmkit.cli as cli
     seen = []
     monkeypatch.setattr(cli, "run_experiment", lambda exp, **kw: seen.append(exp) or {"finished": True, "name": exp.name})
-    assert main(["train", "vqvae", "--quick", "--amp", "--compile", "--no-progress"]) == 0
+    assert main(["train", "vqvae", "--quick", "--amp", "--compile", "--channels-last", "--no-progress"]) == 0
     assert main(["train", "vae", "--quick", "--no-amp", "--no-compile", "--no-progress"]) == 0
     vq, vae = seen
     assert vq.name.endswith("-bf16") and vq.prior is not None
     assert (vq.train.amp, vq.train.compile, vq.prior.train.amp, vq.prior.train.compile) == (True, True, True, True)
+    assert vq.train.channels_last and vq.prior.train.channels_last and not vae.train.channels_last   # a layout: the run keeps its name
     assert vq.prior.train.steps == get_experiment("vqvae").prior.train.steps        # nothing else of the prior's training changed
     assert vae.prior is None and (vae.train.amp, vae.train.compile) == (False, False)
 

@@ -50,7 +50,7 @@ def params(model):
     (dict(steps=10, lr_warmup_steps=11), "lr_warmup_steps"), (dict(lr_final=1.5), "lr_final"),
     (dict(lr_schedule="exponential"), "lr_final"), (dict(grad_clip=0.0), "grad_clip"), (dict(ema_decay=1.0), "ema_decay"),
     (dict(eval_every=0), "eval_every"), (dict(patience=0), "patience"), (dict(log_every=0), "log_every"),
-    (dict(amp="yes"), "amp"), (dict(compile=1), "compile"), (dict(seed=-1), "seed"), (dict(on_nonfinite="ignore"), "on_nonfinite"),
+    (dict(amp="yes"), "amp"), (dict(compile=1), "compile"), (dict(channels_last="yes"), "channels_last"), (dict(seed=-1), "seed"), (dict(on_nonfinite="ignore"), "on_nonfinite"),
 ])
 def test_config_validation_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field} "):
@@ -377,6 +377,43 @@ def test_a_run_resumes_across_the_compile_setting(tmp_path):
     run("mixed2", stop=4)                                                 # eager first, then compiled
     mixed2 = run("mixed2", compile=True)
     for p, q in zip(mixed2.model.parameters(), straight.model.parameters()): assert torch.allclose(p, q, atol=1e-5)
+
+
+def _conv_net():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+
+
+def _mirror(model, x, step):                                              # deterministic: no draw depends on the layout
+    return ((model(x) - x.flip(-1)) ** 2).mean(), {}
+
+
+def test_channels_last_stores_the_weights_nhwc_and_trains_the_same_run(tmp_path):
+    "TrainConfig(channels_last=True): 4-d weights and image batches NHWC, the same losses and weights up to rounding, resumable either way."
+    x = torch.rand(64, 3, 8, 8)
+    cfg = TrainConfig(steps=8, batch_size=16, lr=1e-2, log_every=2, eval_every=4)
+    def run(folder=None, stop=None, **kw):
+        torch.manual_seed(0)
+        return fit(_conv_net(), x, config=replace(cfg, **kw), loss_fn=_mirror, run_dir=None if folder is None else tmp_path / folder,
+                   stop_at_step=stop, **CPU)
+    seen = []
+    class Spy(nn.Module):                                                 # records the layout of the batches the model gets
+        def __init__(self): super().__init__(); self.net = _conv_net()
+        def forward(self, x): seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()); return self.net(x)
+    torch.manual_seed(0)
+    fit(Spy(), x, config=replace(cfg, steps=2, channels_last=True), loss_fn=_mirror, **CPU)
+    assert seen == [True, True]
+    nchw, nhwc = run(), run(channels_last=True)
+    w = nhwc.model[0].weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    assert nchw.model[0].weight.is_contiguous()
+    assert [h["loss"] for h in nhwc.history] == pytest.approx([h["loss"] for h in nchw.history], abs=1e-6)
+    for p, q in zip(nhwc.model.parameters(), nchw.model.parameters()): assert torch.allclose(p, q, atol=1e-6)
+    run("mixed", stop=4, channels_last=True)                              # NHWC first, then NCHW: a resumable field
+    mixed = run("mixed")
+    assert mixed.steps == 8
+    for p, q in zip(mixed.model.parameters(), nchw.model.parameters()): assert torch.allclose(p, q, atol=1e-6)
+    loaded = load_checkpoint(tmp_path / "mixed" / "last.pt")["config"]
+    assert loaded["channels_last"] is False
 
 
 def test_total_training_time_survives_resume_and_old_checkpoints(tmp_path):
