@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_blocks.ipynb #23e392a3
 from __future__ import annotations
-import math
+import math, warnings
 from typing import Callable, Sequence
 import torch
 from torch import nn, Tensor
@@ -153,13 +153,18 @@ class Merge(nn.Module):
 def data_dependent_init(model: nn.Module, # every Conv2d, ConvTranspose2d and Linear in it is rescaled
                         run: Callable[[], object], # one forward pass on a batch of data, e.g. lambda: model.elbo_terms(x)
                         scale: float = 0.1, # the output standard deviation each layer gets
+                        min_values: int = 8, # warn when a layer's std comes from fewer values per channel than this
                        ) -> int:
-    "Rescale each layer, in the order the forward pass meets it, so that its outputs on the batch have mean 0 and std `scale` per channel; returns the number of layers set."
+    """Rescale each layer, in the order the forward pass meets it, so that its outputs on the batch have mean 0 and std `scale` per channel;
+    returns the number of layers set. Warns when a channel's std was estimated from fewer than `min_values` values (a Linear layer on a
+    batch of 2): such scales are noise, and they can make the model's outputs non-finite."""
     done: set[nn.Module] = set()
+    few: list[tuple[int, str]] = []                                                   # (values per channel, layer) below min_values
     def hook(module: nn.Module, inputs, out: Tensor) -> Tensor:
         if module in done: return out
         done.add(module)
         ch = out.dim() - 1 if isinstance(module, nn.Linear) else 1                    # the channel axis of the output
+        if out.numel() // out.shape[ch] < min_values: few.append((out.numel() // out.shape[ch], type(module).__name__))
         std, mean = torch.std_mean(out, dim=[i for i in range(out.dim()) if i != ch])   # (C_out,)
         g = scale / (std + 1e-8)
         w = module.weight                                                             # ConvTranspose2d keeps C_out on axis 1
@@ -171,6 +176,11 @@ def data_dependent_init(model: nn.Module, # every Conv2d, ConvTranspose2d and Li
     try: run()
     finally:
         for h in handles: h.remove()
+    if few:
+        n, kind = min(few)
+        warnings.warn(f"data-dependent initialisation: in {len(few)} layers each channel's std came from fewer than {min_values} values "
+                      f"(fewest: {n}, in a {kind}); on so small a batch the scales are noise and can make the outputs non-finite: "
+                      f"initialise on a batch of at least {min_values} examples", RuntimeWarning, stacklevel=3)
     return len(done)
 
 # %% ../nbs/15_vqvae.ipynb #15b3c693

@@ -184,6 +184,20 @@ def test_data_dependent_init_linear_and_transpose():
     assert torch.allclose(out.std(0), torch.full((3,), 0.5), atol=1e-3)
 
 
+
+def test_data_dependent_init_warns_when_a_channel_has_too_few_values():
+    "A Linear layer on a batch of 2 estimates each output's std from 2 values: the scales are noise (a BIVA's dense top went non-finite)."
+    import warnings
+    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    with pytest.warns(RuntimeWarning, match=r"in 2 layers each channel's std came from fewer than 8 values \(fewest: 2, in a Linear\)"):
+        data_dependent_init(net, lambda: net(torch.randn(2, 5)))
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Linear(6, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                     # a conv counts every position: 1 image of 6x6 is 36 values
+        data_dependent_init(conv, lambda: conv(torch.randn(1, 1, 6, 6)), min_values=6)
+        data_dependent_init(net, lambda: net(torch.randn(8, 5)))
+
+
 class _Counting(nn.Module):
     def __init__(self):
         super().__init__(); self.lin = nn.Linear(4, 4); self.calls = 0

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/13_lvae.ipynb #f2475834
 from __future__ import annotations
-import math, resource, sys, time
+import math, resource, sys, time, warnings
 from typing import Callable, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
