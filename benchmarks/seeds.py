@@ -5,14 +5,14 @@ part of lvmkit: check out the ones the cases you run need (CASES names them).
     git clone https://github.com/addtt/ladder-vae-pytorch /tmp/ladder-vae-pytorch              # lvae-12
     git clone https://github.com/addtt/boiler-pytorch /tmp/boiler-pytorch                       # lvae-12: the seed's framework (boilr)
     git clone https://github.com/altosaar/variational-autoencoder /tmp/variational-autoencoder  # vae-meanfield, iaf
-    git clone https://github.com/henrhoi/vae-pytorch /tmp/vae-pytorch                            # vqvae, pixelcnn
+    git clone https://github.com/henrhoi/vae-pytorch /tmp/vae-pytorch                            # vqvae, vqvae-seed, pixelcnn
     python benchmarks/seeds.py --lvae-src /tmp/ladder-vae-pytorch --boilr-src /tmp/boiler-pytorch \\
         --altosaar-src /tmp/variational-autoencoder --henrhoi-src /tmp/vae-pytorch                # every case; --cases to choose
 
 A step is what each project's training loop does per batch. The seed's: its own model, loss and optimiser, as its script trains them
 (lvae-12: `forward_pass`, i.e. model(x), the loss with its free bits and the L2 norm it logs, then backward and Adamax; vae-meanfield and
 iaf: the loop of train_variational_autoencoder_pytorch.py, a one-sample ELBO summed over the batch, then backward and its centred RMSprop;
-vqvae and pixelcnn: the `train` loop of vq_vae.py and of vq_vae_gated_pixelcnn_prior.py, its loss, backward, Adam and the `loss.item()`
+vqvae, vqvae-seed and pixelcnn: the `train` loop of vq_vae.py and of vq_vae_gated_pixelcnn_prior.py, its loss, backward, Adam and the `loss.item()`
 it records). lvmkit's: the recipe's objective through `LossModule` (stage 2: minus log p(codes), as `fit_prior` trains it), backward and
 the recipe's optimiser, eager and with `TrainConfig(compile=True)` (torch.compile of the loss module and of the optimizer's step, as `fit` does; its compile
 time is reported separately and excluded from the rate), each in float32 and under bf16 autocast (`TrainConfig(amp=True)`, `lvmkit train NAME --amp`: the forward pass in bf16
@@ -53,6 +53,7 @@ class Case(NamedTuple):
     recipe: str                 # lvmkit's recipe of it
     sources: tuple[str, ...]    # options (SOURCES) naming the seed's checkouts; the first is the seed
     prior: bool = False         # time the recipe's stage 2 (its prior over the codes) instead of stage 1
+    model_kwargs: dict | None = None   # arguments of the recipe's model replaced for this case (the seed's architecture where the recipe's differs)
 
 
 CASES = {
@@ -75,6 +76,12 @@ CASES = {
                   "the codebook init, Adam 1e-3 and the batch, but decodes to a 10-component discretized logistic mixture of 8-bit pixels "
                   "(100 output channels, not 3), without batch norm, with a 1x1 conv closing the encoder and a 3x3 conv opening the "
                   "decoder: about 1.05M more parameters", "vqvae-cifar10", ("henrhoi_src",)),
+    "vqvae-seed": Case("henrhoi/vae-pytorch, vq_vae.py stage 1 on CIFAR-10, as the vqvae case. lvmkit builds the seed's architecture: "
+                       "vqvae-cifar10 with VQVAE(layout='seed', n_mix=1), the seed's encoder and decoder layer for layer (batch norm before each "
+                       "ReLU, no convolution to and from the codes), K, D, beta, codebook init, Adam 1e-3 and the batch as the seed. The one "
+                       "difference: the decoder's last layer outputs one discretized logistic per pixel with its channel coefficients (10 "
+                       "channels, 28,679 more parameters, 0.6%) for a likelihood of 8-bit pixels, where the seed's outputs 3 channels for an MSE",
+                       "vqvae-cifar10", ("henrhoi_src",), model_kwargs=dict(layout="seed", n_mix=1)),
     "pixelcnn": Case("henrhoi/vae-pytorch, vq_vae_gated_pixelcnn_prior.py stage 2: its Gated PixelCNN prior over the 8x8 codes (embedding 64, "
                      "a 7x7 type-A masked conv to 256 filters, 13 gated layers with full 7x7 kernels masked and layer norm, a 7x7 masked conv "
                      "to the 128 logits), cross-entropy, Adam 8e-4, batch 64; its loop encodes and quantizes each image batch (encoder in "
@@ -84,6 +91,11 @@ CASES = {
                      "(params_total adds the VQ-VAE it encodes with)",
                      "vqvae-cifar10", ("henrhoi_src",), prior=True),
 }
+
+
+def _with(kwargs: dict | None) -> str:
+    "How a case's replaced model arguments read after the recipe's name: ' with layout='seed', n_mix=1'."
+    return " with " + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) if kwargs else ""
 
 
 def _batch(n: int, dataset: str = "binarized_mnist"):
@@ -178,7 +190,7 @@ def _seed_henrhoi(case: str, src: str, batch: int | None):
     os.environ.setdefault("MPLBACKEND", "Agg")                           # its utils import matplotlib.pyplot
     sys.path.insert(0, src)
     torch.manual_seed(0)
-    if case == "vqvae":
+    if case in ("vqvae", "vqvae-seed"):
         import vq_vae as seed                                            # the seed's own model code
         model, lr, prior_only = seed.VQVAE(K=128, D=256), 1e-3, False
         loss_fn, trained = model.get_vae_loss, [p for name, p in model.named_parameters() if not name.startswith("pixelcnn_prior.")]
@@ -223,7 +235,7 @@ def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: 
     from lvmkit.training import LossModule, compile_step, make_optimizer, nll_loss
     exp = get_experiment(CASES[case].recipe)
     torch.manual_seed(0)
-    model = build_model(exp.model, **exp.model_kwargs)
+    model = build_model(exp.model, **{**exp.model_kwargs, **(CASES[case].model_kwargs or {})})
     if CASES[case].prior:                                                # stage 2, as fit_prior: the prior over the first stage's codes
         train = exp.prior.train
         n = batch or train.batch_size
@@ -258,7 +270,7 @@ def main() -> int:
     ap.add_argument("--lvae-src", help="a checkout of addtt/ladder-vae-pytorch (lvae-12)")
     ap.add_argument("--boilr-src", help="a checkout of addtt/boiler-pytorch, the framework of ladder-vae-pytorch (lvae-12)")
     ap.add_argument("--altosaar-src", help="a checkout of altosaar/variational-autoencoder (vae-meanfield, iaf)")
-    ap.add_argument("--henrhoi-src", help="a checkout of henrhoi/vae-pytorch (vqvae, pixelcnn)")
+    ap.add_argument("--henrhoi-src", help="a checkout of henrhoi/vae-pytorch (vqvae, vqvae-seed, pixelcnn)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (for the compiled side: the compilation)")
     ap.add_argument("--repeats", type=int, default=1, help="measure every side this many times, in rounds (each round runs every side once, "
@@ -293,7 +305,7 @@ def main() -> int:
                 runs[side].append(out); print(json.dumps({"case": case, **out}), flush=True)
         sides = [median_run(v) for v in runs.values()]
         cases.append(dict(case=case, seed=f"{SOURCES[c.sources[0]][0]}@{commit}", what=c.what + (f" [smoke test: batch {a.batch}]" if a.batch else ""),
-                          recipe=c.recipe + (" (prior stage)" if c.prior else ""), sides=sides))
+                          recipe=c.recipe + (" (prior stage)" if c.prior else "") + _with(c.model_kwargs), sides=sides))
     needed = [k for k in SOURCES if any(k in CASES[c].sources for c in a.cases) and "seed" in a.sides]
     command = " ".join(["python benchmarks/seeds.py", "--cases", *a.cases, *[f"--{k.replace('_', '-')} {SOURCES[k][1]}" for k in needed], *common, *rounds]
                        + (["--sides", *a.sides] if list(a.sides) != list(SIDES) else []))

@@ -185,9 +185,11 @@ def data_dependent_init(model: nn.Module, # every Conv2d, ConvTranspose2d and Li
 
 # %% ../nbs/15_vqvae.ipynb #15b3c693
 class Residual(nn.Module):
-    "The VQ-VAE paper's residual block: x + conv1x1(relu(conv3x3(relu(x))))."
-    def __init__(self, channels: int, hidden: int | None = None):
+    "The VQ-VAE paper's residual block: x + conv1x1(relu(conv3x3(relu(x)))); norm=True puts a batch norm before each ReLU, as the seed does."
+    def __init__(self, channels: int, hidden: int | None = None, norm: bool = False):
         super().__init__()
         hidden = hidden or channels
-        self.f = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
+        bn = lambda c: [nn.BatchNorm2d(c)] if norm else []
+        self.f = nn.Sequential(*bn(channels), nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1),
+                               *bn(hidden), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
     def forward(self, x: Tensor) -> Tensor: return x + self.f(x)

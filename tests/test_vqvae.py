@@ -163,6 +163,41 @@ def test_vqvae_protocol():
     assert m.reconstruct(x).shape == x.shape
 
 
+def test_seed_layout_is_the_seeds_architecture_layer_for_layer():
+    "VQVAE(layout='seed') is henrhoi/vae-pytorch's stage 1 (vq_vae.py, VQVAE(K=128, D=256)): its layers in order, its parameter count but the head."
+    m = VQVAE(layout="seed", n_mix=1)
+    kinds = lambda seq: [type(l).__name__ for l in seq]
+    assert kinds(m.encoder) == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "Residual", "Residual"]
+    assert kinds(m.decoder_net) == ["Residual", "Residual", "BatchNorm2d", "ReLU", "ConvTranspose2d", "BatchNorm2d", "ReLU", "ConvTranspose2d"]
+    assert kinds(m.encoder[4].f) == ["BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d"]
+    assert [l.kernel_size for l in m.encoder[4].f if isinstance(l, nn.Conv2d)] == [(3, 3), (1, 1)]
+    conv = lambda i, o, k: i * o * k * k + o                                   # weights and biases
+    bn = lambda c: 2 * c
+    res = bn(256) + conv(256, 256, 3) + bn(256) + conv(256, 256, 1)
+    seed = (conv(3, 256, 4) + bn(256) + conv(256, 256, 4) + 2 * res              # its Encoder
+            + 2 * res + bn(256) + conv(256, 256, 4) + bn(256) + conv(256, 3, 4)  # its Decoder
+            + 128 * 256)                                                       # its codebook
+    assert seed == 4_784_387                                                   # what benchmarks/seeds.py counts on the seed's own modules
+    assert sum(p.numel() for p in m.parameters()) - seed == conv(256, 10, 4) - conv(256, 3, 4)   # only the head: 10 channels, not 3
+    x = pixels(4)
+    loss, _ = m.vq_loss(x)
+    loss.backward()
+    assert loss.isfinite() and all(p.grad is not None and p.grad.isfinite().all() for p in m.parameters())
+    m.eval()                                                                   # batch norm on its running statistics: one image alone, same score
+    assert torch.allclose(m.log_prob(x)[:1], m.log_prob(x[:1]), atol=1e-3)
+
+
+def test_layout_choices_and_the_lvmkit_layout_keeps_its_parameter_names():
+    with pytest.raises(ValueError, match="layout must be 'lvmkit' or 'seed'"):
+        VQVAE(layout="paper")
+    with pytest.raises(ValueError, match="dim must equal channels, got 64 and 128"):
+        VQVAE(layout="seed", dim=64, channels=128)
+    names = [n for n, _ in VQVAE(**SMALL).named_parameters()]                  # what the book's checkpoints hold
+    assert names[:4] == ["encoder.0.weight", "encoder.0.bias", "encoder.2.weight", "encoder.2.bias"]
+    assert "encoder.6.weight" in names and "decoder_net.0.weight" in names and "decoder_net.6.weight" in names
+    assert not any(isinstance(l, nn.BatchNorm2d) for l in VQVAE(**SMALL).modules())
+
+
 def test_vqvae_with_a_prior_uses_its_log_prob():
     torch.manual_seed(0)
     m = VQVAE(**SMALL).eval()

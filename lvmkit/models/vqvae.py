@@ -141,17 +141,24 @@ class VQVAE(LatentVariableModule):
                  init: str = "uniform", # 'uniform' (the seed: U(-1/K, 1/K)) or 'kmeans' (on the first batch, via data_init)
                  n_mix: int = 10, # logistic mixture components of the decoder
                  prior: dict | None = None, # the spec {"name", "kwargs"} of a fitted prior over the codes (stage 2); None: uniform
+                 layout: str = "lvmkit", # 'lvmkit', or 'seed': henrhoi/vae-pytorch's encoder and decoder (batch norm, no 1x1/3x3 convs to and from D)
                 ):
         super().__init__()
         C, H, W = self.x_shape = tuple(x_shape)
         if H % 4 or W % 4: raise ValueError(f"the encoder halves H and W twice: they must be multiples of 4, got {tuple(x_shape)}")
         if init not in ("uniform", "kmeans"): raise ValueError(f"init must be 'uniform' or 'kmeans', got {init!r}")
-        self.grid, self.init = (H // 4, W // 4), init
-        self.encoder = nn.Sequential(nn.Conv2d(C, channels, 4, 2, 1), nn.ReLU(), nn.Conv2d(channels, channels, 4, 2, 1),
-                                     Residual(channels), Residual(channels), nn.ReLU(), nn.Conv2d(channels, dim, 1))   # (B, D, H/4, W/4)
+        if layout not in ("lvmkit", "seed"): raise ValueError(f"layout must be 'lvmkit' or 'seed', got {layout!r}")
+        seed = layout == "seed"
+        if seed and dim != channels:
+            raise ValueError(f"layout='seed' has no convolution between the feature maps and the codes, so dim must equal channels, got {dim} and {channels}")
+        self.grid, self.init, self.layout = (H // 4, W // 4), init, layout
+        act = lambda: [nn.BatchNorm2d(channels), nn.ReLU()] if seed else [nn.ReLU()]          # the seed: a batch norm before each ReLU
+        res = lambda: Residual(channels, norm=seed)
+        self.encoder = nn.Sequential(nn.Conv2d(C, channels, 4, 2, 1), *act(), nn.Conv2d(channels, channels, 4, 2, 1), res(), res(),
+                                     *([] if seed else [nn.ReLU(), nn.Conv2d(channels, dim, 1)]))            # (B, D, H/4, W/4)
         self.vq = VectorQuantizer(n_codes, dim, beta, ema, decay, restart_after)
-        self.decoder_net = nn.Sequential(nn.Conv2d(dim, channels, 3, padding=1), Residual(channels), Residual(channels), nn.ReLU(),
-                                         nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.ReLU(),
+        self.decoder_net = nn.Sequential(*([] if seed else [nn.Conv2d(dim, channels, 3, padding=1)]), res(), res(), *act(),
+                                         nn.ConvTranspose2d(channels, channels, 4, 2, 1), *act(),
                                          nn.ConvTranspose2d(channels, dmol_params_size(C, n_mix), 4, 2, 1))       # (B, P, H, W)
         self.likelihood = ConditionalDMoL(nn.Identity(), C, n_mix)
         self.prior: nn.Module | None = None         # a model of the codes with log_prob(codes) and sample(n); None: uniform
