@@ -344,7 +344,8 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
               "lvmkit's recipe of the same configuration is trained eagerly and compiled (`lvmkit train NAME --compile`: the loss module and, in records "
               "from commit `1e5e1f7` on, the optimizer's step as well), in float32 and under bf16 autocast (`lvmkit train NAME --amp`; "
               "the seeds train in float32). Same machine, batch, optimiser and thread count, one "
-              "fixed batch of real data, each side in a fresh process. A record made with `--repeats N` measures every side N times in rounds "
+              "fixed batch of real data, each side in a fresh process. A masked convolution's weights that its mask sets to zero are parameters that "
+              "never change: where a side has them, the parameter count gives the unmasked count beside it. A record made with `--repeats N` measures every side N times in rounds "
               "(each round runs every side once, so that a slow spell of the machine slows all sides alike) and shows the median rate with the "
               "range; the ratio is between medians. One measurement of a side can be 20-30% off on a shared 2-core machine. Records from "
               "2026-12-07 on also give each side's work per step, counted as `benchmarks/flops.py` counts it (matrix products and convolutions, "
@@ -391,7 +392,8 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
                 g = s.get("gflop_per_step", None if s["side"] == "seed" else work)
                 flop = (f" {g:,.1f} | {g / (s['ms_per_step'] / 1000):,.0f} |" if g and g >= 10 else f" {g:.3g} | {g / (s['ms_per_step'] / 1000):,.0f} |" if g
                         else " – | – |") if counted else ""                                    # three digits for the small models' work
-                lines.append(f"| {code} | {s['params'] / 1e6:.2f}M | {s['examples_per_s']:,.1f}{spread}{extra} | {s['ms_per_step']:,.{1 if s['ms_per_step'] < 100 else 0}f} |{flop} {ratio} |")
+                params = f"{s['params'] / 1e6:.2f}M" + (f" ({s['params_unmasked'] / 1e6:.2f}M unmasked)" if "params_unmasked" in s else "")
+                lines.append(f"| {code} | {params} | {s['examples_per_s']:,.1f}{spread}{extra} | {s['ms_per_step']:,.{1 if s['ms_per_step'] < 100 else 0}f} |{flop} {ratio} |")
             lines.append("")
         lines.append("")
     return "\n".join(lines)

@@ -5,14 +5,14 @@ part of lvmkit: check out the ones the cases you run need (CASES names them).
     git clone https://github.com/addtt/ladder-vae-pytorch /tmp/ladder-vae-pytorch              # lvae-12
     git clone https://github.com/addtt/boiler-pytorch /tmp/boiler-pytorch                       # lvae-12: the seed's framework (boilr)
     git clone https://github.com/altosaar/variational-autoencoder /tmp/variational-autoencoder  # vae-meanfield, iaf
-    git clone https://github.com/henrhoi/vae-pytorch /tmp/vae-pytorch                            # vqvae, vqvae-seed, pixelcnn
+    git clone https://github.com/henrhoi/vae-pytorch /tmp/vae-pytorch                            # vqvae, vqvae-seed, pixelcnn, pixelcnn-seed
     python benchmarks/seeds.py --lvae-src /tmp/ladder-vae-pytorch --boilr-src /tmp/boiler-pytorch \\
         --altosaar-src /tmp/variational-autoencoder --henrhoi-src /tmp/vae-pytorch                # every case; --cases to choose
 
 A step is what each project's training loop does per batch. The seed's: its own model, loss and optimiser, as its script trains them
 (lvae-12: `forward_pass`, i.e. model(x), the loss with its free bits and the L2 norm it logs, then backward and Adamax; vae-meanfield and
 iaf: the loop of train_variational_autoencoder_pytorch.py, a one-sample ELBO summed over the batch, then backward and its centred RMSprop;
-vqvae, vqvae-seed and pixelcnn: the `train` loop of vq_vae.py and of vq_vae_gated_pixelcnn_prior.py, its loss, backward, Adam and the `loss.item()`
+vqvae, vqvae-seed, pixelcnn and pixelcnn-seed: the `train` loop of vq_vae.py and of vq_vae_gated_pixelcnn_prior.py, its loss, backward, Adam and the `loss.item()`
 it records). lvmkit's: the recipe's objective through `LossModule` (stage 2: minus log p(codes), as `fit_prior` trains it), backward and
 the recipe's optimiser, eager and with `TrainConfig(compile=True)` (torch.compile of the loss module and of the optimizer's step, as `fit` does; its compile
 time is reported separately and excluded from the rate), each in float32 and under bf16 autocast (`TrainConfig(amp=True)`, `lvmkit train NAME --amp`: the forward pass in bf16
@@ -54,6 +54,7 @@ class Case(NamedTuple):
     sources: tuple[str, ...]    # options (SOURCES) naming the seed's checkouts; the first is the seed
     prior: bool = False         # time the recipe's stage 2 (its prior over the codes) instead of stage 1
     model_kwargs: dict | None = None   # arguments of the recipe's model replaced for this case (the seed's architecture where the recipe's differs)
+    prior_kwargs: dict | None = None   # the same for the recipe's prior (stage 2)
 
 
 CASES = {
@@ -90,6 +91,15 @@ CASES = {
                      "batch 64) trains on codes computed once beforehand (not timed). The parameter counts differ; the seed's is its prior's "
                      "(params_total adds the VQ-VAE it encodes with)",
                      "vqvae-cifar10", ("henrhoi_src",), prior=True),
+    "pixelcnn-seed": Case("henrhoi/vae-pytorch, vq_vae_gated_pixelcnn_prior.py stage 2, as the pixelcnn case. lvmkit's gated_pixelcnn_prior "
+                          "at the seed's size: its 13 gated layers of 256 channels (the seed's n_layers=15 counts its input and output "
+                          "convolutions too; the recipe's layers=15 are 15 gated layers), which hold as many weights that masks leave free as "
+                          "the seed's: lvmkit crops its kernels to the 4x7 and 1x4 taps a causal layer may use, where the seed's multiplies "
+                          "full 7x7 and 1x7 weights by a mask (its parameter count includes the zeros; see the unmasked count). Where they "
+                          "still differ: lvmkit's input is a 1x1 convolution and its first gated layer is the causal one, where the seed's is "
+                          "a 7x7 type-A masked convolution; lvmkit's output is a 512-wide 1x1 head, the seed's a 7x7 masked convolution; "
+                          "lvmkit has no layer norm and its convolutions have biases",
+                          "vqvae-cifar10", ("henrhoi_src",), prior=True, prior_kwargs=dict(layers=13)),
 }
 
 
@@ -125,6 +135,19 @@ def _time(step, steps: int, warmup: int) -> tuple[float, float]:
 
 
 def _count(params) -> int: return sum(p.numel() for p in params)
+
+
+def _count_unmasked(model) -> int:
+    """The parameters that can be non-zero: a weight multiplied by a 0/1 mask buffer of its module (a masked convolution's: henrhoi's
+    `mask`, `vmask` and `hmask`, lvmkit's `vmask` and `hmask`) counts only the entries its mask keeps."""
+    n = _count(model.parameters())
+    for mod in model.modules():
+        for name, mask in mod.named_buffers(recurse=False):
+            if "mask" not in name: continue
+            ws = [w for w in mod.parameters() if w.dim() == mask.dim() and w.shape[-2:] == mask.shape[-2:]]
+            if len(ws) != 1: raise ValueError(f"{type(mod).__name__}.{name}: no single weight of its shape {tuple(mask.shape)}")
+            n -= ws[0].numel() - int(mask.expand_as(ws[0]).count_nonzero())
+    return n
 
 
 def _gflop(step, i: int) -> float:
@@ -182,7 +205,7 @@ def _seed_altosaar(case: str, src: str, batch: int | None):
 
 def _seed_henrhoi(case: str, src: str, batch: int | None):
     import torch
-    n = batch or (64 if case == "pixelcnn" else 128)                     # vq_vae_gated_pixelcnn_prior.py: batch 64; vq_vae.py: 128
+    n = batch or (64 if case.startswith("pixelcnn") else 128)                     # vq_vae_gated_pixelcnn_prior.py: batch 64; vq_vae.py: 128
     torch.manual_seed(0)
     x = _henrhoi_pixels(_batch(n, "cifar10"))
     torch.nn.Module.cuda = lambda self, device=None: self                # its modules and tensors call .cuda(): run them on the CPU
@@ -190,7 +213,7 @@ def _seed_henrhoi(case: str, src: str, batch: int | None):
     os.environ.setdefault("MPLBACKEND", "Agg")                           # its utils import matplotlib.pyplot
     sys.path.insert(0, src)
     torch.manual_seed(0)
-    if case in ("vqvae", "vqvae-seed"):
+    if case.startswith("vqvae"):
         import vq_vae as seed                                            # the seed's own model code
         model, lr, prior_only = seed.VQVAE(K=128, D=256), 1e-3, False
         loss_fn, trained = model.get_vae_loss, [p for name, p in model.named_parameters() if not name.startswith("pixelcnn_prior.")]
@@ -205,7 +228,9 @@ def _seed_henrhoi(case: str, src: str, batch: int | None):
         loss = loss_fn(x, output)
         loss.backward(); opt.step()
         loss.cpu().item()                                                # train_losses.append(loss.cpu().item())
-    return step, n, opt, dict(params=_count(trained), params_total=_count(model.parameters()))
+    prior = model.pixelcnn_prior if case.startswith("pixelcnn") else None
+    unmasked = dict(params_unmasked=_count_unmasked(prior)) if prior is not None and _count_unmasked(prior) != _count(trained) else {}
+    return step, n, opt, dict(params=_count(trained), **unmasked, params_total=_count(model.parameters()))
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -240,7 +265,7 @@ def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: 
         train = exp.prior.train
         n = batch or train.batch_size
         with torch.no_grad(): x = model.eval().prior_data(_batch(n, exp.data.dataset))    # computed once for the training set: not timed
-        model, loss_fn = build_model(exp.prior.model, **model.prior_arguments(), **exp.prior.model_kwargs), nll_loss
+        model, loss_fn = build_model(exp.prior.model, **model.prior_arguments(), **{**exp.prior.model_kwargs, **(CASES[case].prior_kwargs or {})}), nll_loss
     else:
         train = exp.train
         n = batch or train.batch_size
@@ -259,7 +284,9 @@ def run_lvmkit(case: str, compile: bool, batch: int | None, steps: int, warmup: 
             loss, _ = module(x, i)
         opt.zero_grad(set_to_none=True); loss.float().backward(); update()
     first, dt = _time(step, steps, warmup)
-    return dict(side=("lvmkit compiled" if compile else "lvmkit") + (" bf16" if amp else "") + (" channels-last" if channels_last else ""), params=_count(model.parameters()), batch=n, optimizer=_optimizer(opt),
+    unmasked = _count_unmasked(model)
+    return dict(side=("lvmkit compiled" if compile else "lvmkit") + (" bf16" if amp else "") + (" channels-last" if channels_last else ""), params=_count(model.parameters()),
+                **(dict(params_unmasked=unmasked) if unmasked != _count(model.parameters()) else {}), batch=n, optimizer=_optimizer(opt),
                 examples_per_s=steps * n / dt, ms_per_step=1000 * dt / steps, warmup_s=first,
                 **({} if compile or amp or channels_last else dict(gflop_per_step=_gflop(step, warmup + steps))))
 
@@ -270,7 +297,7 @@ def main() -> int:
     ap.add_argument("--lvae-src", help="a checkout of addtt/ladder-vae-pytorch (lvae-12)")
     ap.add_argument("--boilr-src", help="a checkout of addtt/boiler-pytorch, the framework of ladder-vae-pytorch (lvae-12)")
     ap.add_argument("--altosaar-src", help="a checkout of altosaar/variational-autoencoder (vae-meanfield, iaf)")
-    ap.add_argument("--henrhoi-src", help="a checkout of henrhoi/vae-pytorch (vqvae, vqvae-seed, pixelcnn)")
+    ap.add_argument("--henrhoi-src", help="a checkout of henrhoi/vae-pytorch (vqvae, vqvae-seed, pixelcnn, pixelcnn-seed)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (for the compiled side: the compilation)")
     ap.add_argument("--repeats", type=int, default=1, help="measure every side this many times, in rounds (each round runs every side once, "
@@ -305,7 +332,7 @@ def main() -> int:
                 runs[side].append(out); print(json.dumps({"case": case, **out}), flush=True)
         sides = [median_run(v) for v in runs.values()]
         cases.append(dict(case=case, seed=f"{SOURCES[c.sources[0]][0]}@{commit}", what=c.what + (f" [smoke test: batch {a.batch}]" if a.batch else ""),
-                          recipe=c.recipe + (" (prior stage)" if c.prior else "") + _with(c.model_kwargs), sides=sides))
+                          recipe=c.recipe + (f" (prior stage{_with(c.prior_kwargs)})" if c.prior else "") + _with(c.model_kwargs), sides=sides))
     needed = [k for k in SOURCES if any(k in CASES[c].sources for c in a.cases) and "seed" in a.sides]
     command = " ".join(["python benchmarks/seeds.py", "--cases", *a.cases, *[f"--{k.replace('_', '-')} {SOURCES[k][1]}" for k in needed], *common, *rounds]
                        + (["--sides", *a.sides] if list(a.sides) != list(SIDES) else []))

@@ -360,3 +360,50 @@ def test_the_channels_last_sides_train_lvmkit_in_nhwc(monkeypatch):
     assert seen["nhwc"] and all(seen["nhwc"]) and not all(seen["nchw"])   # (a 1x1 kernel's weight is contiguous in both layouts)
     seeds.run_lvmkit("tiny", False, 2, 1, 0)
     assert all(seen["nchw"]) and not all(seen["nhwc"])
+
+
+def test_a_case_builds_the_seeds_architecture_and_counts_the_weights_masks_leave_free(monkeypatch):
+    "A case's model_kwargs and prior_kwargs reach lvmkit's model; masked weights count only the entries their mask keeps, on both sides."
+    seeds = _load("seeds")
+    import torch
+    from torch import nn
+    from lvmkit.models.vqvae import GatedLayer
+    class Masked(nn.Conv2d):                                              # henrhoi's MaskedConv2d: a full kernel times a 0/1 mask buffer
+        def __init__(self):
+            super().__init__(2, 3, 3)
+            self.register_buffer("mask", torch.ones(3, 2, 3, 3)); self.mask[:, :, 2] = 0; self.mask[:, :, 1, 1:] = 0
+    m = Masked()
+    assert seeds._count_unmasked(m) == 3 * 2 * 4 + 3                     # 4 of 9 taps, and the biases
+    g = GatedLayer(4, 3, first=True)                                      # lvmkit's: cropped kernels; the first layer masks a row and a column too
+    full = sum(p.numel() for p in g.parameters())
+    assert seeds._count_unmasked(g) == full - 8 * 4 * 3 - 8 * 4 * 1
+    assert seeds._count_unmasked(GatedLayer(4, 3, first=False)) == full
+    assert seeds.CASES["vqvae-seed"].model_kwargs == dict(layout="seed", n_mix=1) and seeds.CASES["pixelcnn-seed"].prior_kwargs == dict(layers=13)
+    built = []
+    import lvmkit.core
+    real = lvmkit.core.build_model
+    def spy(name, **kw):
+        built.append((name, kw)); return real(name, **kw)
+    monkeypatch.setattr(lvmkit.core, "build_model", spy)
+    monkeypatch.setattr(seeds, "_batch", lambda n, dataset: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8))
+    monkeypatch.setattr(seeds, "_gflop", lambda step, i: 0.0)
+    monkeypatch.setitem(seeds.CASES, "tiny", seeds.Case("a small VQ-VAE", "vqvae-cifar10-cpu", ("henrhoi_src",), model_kwargs=dict(n_mix=1)))
+    seeds.run_lvmkit("tiny", False, 2, 1, 0)
+    assert built[-1][0] == "vqvae" and built[-1][1]["n_mix"] == 1 and built[-1][1]["dim"] == 64   # the override on top of the recipe's
+    monkeypatch.setitem(seeds.CASES, "tiny", seeds.Case("its prior", "vqvae-cifar10-cpu", ("henrhoi_src",), prior=True, prior_kwargs=dict(layers=2)))
+    r = seeds.run_lvmkit("tiny", False, 2, 1, 0)
+    assert built[-1][0] == "gated_pixelcnn_prior" and built[-1][1]["layers"] == 2 and built[-1][1]["channels"] == 64
+    assert r["params_unmasked"] < r["params"]                             # its first gated layer masks a row and a column
+    assert seeds._with(dict(layout="seed", n_mix=1)) == " with layout='seed', n_mix=1" and seeds._with(None) == ""
+
+
+def test_the_page_gives_the_unmasked_count_where_a_side_has_one(tmp_path):
+    bench = _load("bench")
+    side = lambda name, params, **kw: dict(side=name, params=params, examples_per_s=3.0, ms_per_step=21_333.0, warmup_s=30.0, **kw)
+    rec = dict(hardware="CPU", threads=2, torch="2.14.1", python="3.11.7", command="python benchmarks/seeds.py", date="2026-12-07T23:00:00+00:00",
+               commit="3333333", cases=[dict(case="p", seed="henrhoi/vae-pytorch@0b38e17", what="a prior", recipe="r (prior stage with layers=13)",
+                                             sides=[side("seed", 102_110_592, params_unmasked=60_020_096), side("lvmkit", 59_031_168)])])
+    (tmp_path / "seeds-x.json").write_text(json.dumps(rec))
+    text = bench.page([], [tmp_path / "seeds-x.json"])
+    assert "| henrhoi/vae-pytorch@0b38e17 | 102.11M (60.02M unmasked) | 3.0 |" in text
+    assert "| lvmkit `r (prior stage with layers=13)`, eager | 59.03M | 3.0 |" in text
