@@ -4,7 +4,7 @@ part of lvmkit: check out the ones the cases you run need (CASES names them).
 
     git clone https://github.com/addtt/ladder-vae-pytorch /tmp/ladder-vae-pytorch              # lvae-12
     git clone https://github.com/addtt/boiler-pytorch /tmp/boiler-pytorch                       # lvae-12: the seed's framework (boilr)
-    git clone https://github.com/altosaar/variational-autoencoder /tmp/variational-autoencoder  # vae-meanfield, iaf
+    git clone https://github.com/altosaar/variational-autoencoder /tmp/variational-autoencoder  # vae-meanfield, iaf, iaf-seed
     git clone https://github.com/henrhoi/vae-pytorch /tmp/vae-pytorch                            # vqvae, vqvae-seed, pixelcnn, pixelcnn-seed
     python benchmarks/seeds.py --lvae-src /tmp/ladder-vae-pytorch --boilr-src /tmp/boiler-pytorch \\
         --altosaar-src /tmp/variational-autoencoder --henrhoi-src /tmp/vae-pytorch                # every case; --cases to choose
@@ -71,6 +71,11 @@ CASES = {
                 "also feeds the context to its output layer and holds the gate's initial bias in the output bias instead of a separate "
                 "parameter: 32,640 more parameters per block",
                 "iaf-seed", ("altosaar_src",)),
+    "iaf-seed": Case("altosaar/variational-autoencoder, as the iaf case. lvmkit builds the seed's architecture: the iaf-seed recipe with "
+                     "iaf_vae(context_to_output=False), so that the context enters each MADE's first layer only, as the seed's does. "
+                     "Parameters then differ by the seed's separate gate bias (128 per block; lvmkit holds it in the output layer's bias). "
+                     "Still uncentred RMSprop, where the seed's is centred",
+                     "iaf-seed", ("altosaar_src",), model_kwargs=dict(context_to_output=False)),
     "vqvae": Case("henrhoi/vae-pytorch, vq_vae.py stage 1 on CIFAR-10 (VQVAE(K=128, D=256): conv encoder and decoder of 256 channels with "
                   "batch norm, MSE on dequantized logit pixels + codebook + commitment loss, Adam 1e-3, batch 128; its count excludes the "
                   "PixelCNN prior it builds but does not train in this stage). lvmkit's vqvae-cifar10 keeps K, D, the 256 channels, beta 1, "
@@ -137,16 +142,21 @@ def _time(step, steps: int, warmup: int) -> tuple[float, float]:
 def _count(params) -> int: return sum(p.numel() for p in params)
 
 
+MASKED = {"mask": ("weight", "linear.weight"), "vmask": ("vertical.weight", "v.weight"), "hmask": ("horizontal.weight", "h.weight")}
+
+
 def _count_unmasked(model) -> int:
-    """The parameters that can be non-zero: a weight multiplied by a 0/1 mask buffer of its module (a masked convolution's: henrhoi's
-    `mask`, `vmask` and `hmask`, lvmkit's `vmask` and `hmask`) counts only the entries its mask keeps."""
+    """The parameters that can be non-zero: a weight multiplied by a 0/1 mask buffer counts only the entries its mask keeps. MASKED names
+    the weight each mask multiplies: its module's own (lvmkit's MaskedLinear, henrhoi's MaskedConv2d), its `linear` (altosaar's
+    MaskedLinear), its vertical and horizontal stacks (henrhoi's GatedConv2d, lvmkit's GatedLayer)."""
     n = _count(model.parameters())
     for mod in model.modules():
+        params = dict(mod.named_parameters())
         for name, mask in mod.named_buffers(recurse=False):
-            if "mask" not in name: continue
-            ws = [w for w in mod.parameters() if w.dim() == mask.dim() and w.shape[-2:] == mask.shape[-2:]]
-            if len(ws) != 1: raise ValueError(f"{type(mod).__name__}.{name}: no single weight of its shape {tuple(mask.shape)}")
-            n -= ws[0].numel() - int(mask.expand_as(ws[0]).count_nonzero())
+            if name not in MASKED: continue
+            w = next((params[c] for c in MASKED[name] if c in params), None)
+            if w is None: raise ValueError(f"{type(mod).__name__}.{name}: none of the weights {MASKED[name]} it masks")
+            n -= w.numel() - int(mask.expand_as(w).count_nonzero())
     return n
 
 
@@ -200,7 +210,8 @@ def _seed_altosaar(case: str, src: str, batch: int | None):
         elbo = (log_p_x_and_z - log_q_z).mean(1)                         # average over the sample dimension
         loss = -elbo.sum(0)                                              # sum over the batch
         loss.backward(); opt.step()
-    return step, n, opt, dict(params=_count(model.parameters()) + _count(variational.parameters()))
+    full, unmasked = _count(model.parameters()) + _count(variational.parameters()), _count_unmasked(model) + _count_unmasked(variational)
+    return step, n, opt, dict(params=full, **(dict(params_unmasked=unmasked) if unmasked != full else {}))
 
 
 def _seed_henrhoi(case: str, src: str, batch: int | None):
@@ -243,7 +254,7 @@ def median_run(runs: list[dict]) -> dict:
 
 def run_seed(case: str, src: dict, batch: int | None, steps: int, warmup: int) -> dict:
     if case == "lvae-12": step, n, opt, counts = _seed_lvae(src["lvae_src"], src["boilr_src"], batch)
-    elif case in ("vae-meanfield", "iaf"): step, n, opt, counts = _seed_altosaar(case, src["altosaar_src"], batch)
+    elif case in ("vae-meanfield", "iaf", "iaf-seed"): step, n, opt, counts = _seed_altosaar(case, src["altosaar_src"], batch)
     else: step, n, opt, counts = _seed_henrhoi(case, src["henrhoi_src"], batch)
     first, dt = _time(step, steps, warmup)
     return dict(side="seed", **counts, batch=n, optimizer=_optimizer(opt), examples_per_s=steps * n / dt, ms_per_step=1000 * dt / steps,
@@ -296,7 +307,7 @@ def main() -> int:
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="which cases (default: all)")
     ap.add_argument("--lvae-src", help="a checkout of addtt/ladder-vae-pytorch (lvae-12)")
     ap.add_argument("--boilr-src", help="a checkout of addtt/boiler-pytorch, the framework of ladder-vae-pytorch (lvae-12)")
-    ap.add_argument("--altosaar-src", help="a checkout of altosaar/variational-autoencoder (vae-meanfield, iaf)")
+    ap.add_argument("--altosaar-src", help="a checkout of altosaar/variational-autoencoder (vae-meanfield, iaf, iaf-seed)")
     ap.add_argument("--henrhoi-src", help="a checkout of henrhoi/vae-pytorch (vqvae, vqvae-seed, pixelcnn, pixelcnn-seed)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (for the compiled side: the compilation)")

@@ -312,9 +312,12 @@ class MADE(nn.Module):
                  activation: Callable[[], nn.Module] = nn.ReLU, # factory for the nonlinearity
                  seed: int = 0, # seed for the random ordering and random degrees
                  out_scale: float = 1e-2, # the output layer's initial weights are multiplied by this
+                 context_to_output: bool = True, # False: the context enters the first layer only (as the altosaar seed's MADE)
                 ):
         super().__init__()
         hidden = list(hidden)
+        if context_features and not context_to_output and not hidden:
+            raise ValueError("with no hidden layer the context can enter the output layer only: context_to_output=False would ignore it")
         if features < 1 or params_per_dim < 1 or any(int(h) != h or h < 1 for h in hidden):
             raise ValueError(f"MADE needs features >= 1, params_per_dim >= 1 and positive hidden widths, "
                              f"got features={features}, params_per_dim={params_per_dim}, hidden={hidden}")
@@ -333,7 +336,8 @@ class MADE(nn.Module):
             for l, h in enumerate(hidden))
         self.acts = nn.ModuleList(activation() for _ in hidden)
         deg_out = deg_in.repeat_interleave(params_per_dim)                      # (D * P,): output unit i*P + p belongs to coordinate i
-        self.out = MaskedLinear(len(degrees[-1]), features * params_per_dim, deg_out[:, None] > degrees[-1][None, :], context_features)
+        self.out = MaskedLinear(len(degrees[-1]), features * params_per_dim, deg_out[:, None] > degrees[-1][None, :],
+                                context_features if context_to_output else None)
         with torch.no_grad():
             self.out.weight.mul_(out_scale); self.out.bias.zero_()
             if self.out.context is not None: self.out.context.weight.mul_(out_scale)
@@ -345,7 +349,7 @@ class MADE(nn.Module):
         h = x
         for l, (layer, act) in enumerate(zip(self.layers, self.acts)):
             h = act(layer(h, context if l == 0 else None))                     # (*batch, H_l)
-        out = self.out(h, context)                                              # (*batch, D * P)
+        out = self.out(h, context if self.out.context is not None else None)   # (*batch, D * P)
         return out.unflatten(-1, (self.features, self.params_per_dim))          # (*batch, D, P)
 
 # %% ../nbs/05_flows.ipynb #3c696b88
@@ -396,9 +400,10 @@ class AffineAutoregressive(Transform):
                  seed: int = 0,
                  gate_bias: float = 2.0, # initial bias of the gate's pre-activation (sigmoid(2) ~ 0.88)
                  max_log_scale: float = 3.0, # gated=False: log_s = max_log_scale * tanh(b / max_log_scale)
+                 context_to_output: bool = True, # see MADE
                 ):
         super().__init__()
-        self.made = MADE(features, hidden, 2, context_features, ordering, hidden_degrees, activation, seed)
+        self.made = MADE(features, hidden, 2, context_features, ordering, hidden_degrees, activation, seed, context_to_output=context_to_output)
         self.features, self.context_features, self.gated, self.max_log_scale = features, context_features, gated, max_log_scale
         if gated:
             with torch.no_grad(): self.made.out.bias.view(features, 2)[:, 1] = gate_bias
@@ -519,6 +524,7 @@ class ConditionalIAF(nn.Module):
                  context_features: int | None = None, # size of h; default D
                  made_hidden: Sequence[int] | None = None, # MADE widths of each IAF layer; default (2D, 2D)
                  activation: Callable[[], nn.Module] = nn.ReLU,
+                 context_to_output: bool = True, # False: h enters each MADE's first layer only (the altosaar seed)
                 ):
         super().__init__()
         if steps < 1: raise ValueError(f"ConditionalIAF needs steps >= 1, got {steps}")
@@ -528,7 +534,8 @@ class ConditionalIAF(nn.Module):
         layers: list[Transform] = []
         for k in range(steps):
             if k: layers.append(Reverse(z_features))
-            layers.append(AffineAutoregressive(z_features, made_hidden, C, gated=True, activation=activation, seed=k))
+            layers.append(AffineAutoregressive(z_features, made_hidden, C, gated=True, activation=activation, seed=k,
+                                               context_to_output=context_to_output))
         self.flow = Compose(*layers)
         self.z_features, self.context_features = z_features, C
 

@@ -378,7 +378,22 @@ def test_a_case_builds_the_seeds_architecture_and_counts_the_weights_masks_leave
     full = sum(p.numel() for p in g.parameters())
     assert seeds._count_unmasked(g) == full - 8 * 4 * 3 - 8 * 4 * 1
     assert seeds._count_unmasked(GatedLayer(4, 3, first=False)) == full
+    class SeedMaskedLinear(nn.Module):                                    # altosaar's: the mask multiplies its `linear`, not the context's weight
+        def __init__(self):
+            super().__init__()
+            self.linear, self.cond_linear = nn.Linear(5, 5), nn.Linear(5, 5, bias=False)   # the same shape: the name decides
+            self.register_buffer("mask", torch.tril(torch.ones(5, 5), -1))
+    assert seeds._count_unmasked(SeedMaskedLinear()) == 10 + 5 + 25
+    from lvmkit.flows import MADE
+    made = MADE(4, (8,), 2, context_features=4)
+    assert seeds._count_unmasked(made) == sum(p.numel() for p in made.parameters()) - sum(int((l.mask == 0).sum()) for l in (made.layers[0], made.out))
+    class Orphan(nn.Module):
+        def __init__(self):
+            super().__init__(); self.register_buffer("vmask", torch.ones(1, 1, 2, 3))
+    with pytest.raises(ValueError, match="Orphan.vmask"):
+        seeds._count_unmasked(Orphan())
     assert seeds.CASES["vqvae-seed"].model_kwargs == dict(layout="seed", n_mix=1) and seeds.CASES["pixelcnn-seed"].prior_kwargs == dict(layers=13)
+    assert seeds.CASES["iaf-seed"].model_kwargs == dict(context_to_output=False)
     built = []
     import lvmkit.core
     real = lvmkit.core.build_model

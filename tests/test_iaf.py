@@ -18,6 +18,15 @@ def test_iaf_vae_contract():
     assert isinstance(m.encoder(_x()), InverseFlowDistribution)
     check_model(m, _x())
 
+def test_iaf_vae_with_the_seeds_made_context():
+    "iaf_vae(context_to_output=False): the altosaar seed's MADEs, with h(x) in each first layer only; the model contract still holds."
+    kw = dict(x_shape=(1, 6, 6), z_dim=5, hidden=(16,), steps=3, made_hidden=(12, 12), context_features=7)
+    m, full = iaf_vae(**kw, context_to_output=False), iaf_vae(**kw)
+    mades = [l.made for l in m.encoder.flow.transforms if hasattr(l, "made")]
+    assert len(mades) == 3 and all(d.out.context is None and d.layers[0].context is not None for d in mades)
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in m.parameters()) == 3 * 7 * 10   # steps x C x (D * 2)
+    check_model(m, _x())
+
 def test_iaf_vae_is_not_mean_field():
     "With the flow's last layer's weights non-zero, the posterior is not a diagonal Gaussian: its samples are correlated for D=2."
     torch.manual_seed(0)

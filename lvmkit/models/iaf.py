@@ -26,13 +26,14 @@ def iaf_vae(x_shape: Sequence[int] = (1, 28, 28), # shape of one binary image
             steps: int = 2,                         # IAF layers
             made_hidden: Sequence[int] | None = None, # MADE widths in each IAF layer; default (2 z_dim, 2 z_dim)
             context_features: int | None = None,    # size of the context h(x); default z_dim
+            context_to_output: bool = True,         # False: h(x) enters each MADE's first layer only, as the altosaar seed
            ) -> VAE:
     """VAE with an IAF posterior, a Bernoulli decoder and a standard-normal prior, for binary images.
     References: Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, NeurIPS 2016."""
     act = get_activation(activation)
     if z_dim < 1 or not hidden: raise ValueError(f"need z_dim >= 1 and at least one hidden layer, got z_dim={z_dim}, hidden={hidden}")
     d = math.prod(x_shape)
-    encoder = ConditionalIAF(d, z_dim, hidden, steps, context_features, made_hidden, activation=act)
+    encoder = ConditionalIAF(d, z_dim, hidden, steps, context_features, made_hidden, activation=act, context_to_output=context_to_output)
     decoder = ConditionalBernoulli(MLP([z_dim, *reversed(hidden), d], act), x_shape)
     return VAE(encoder, decoder, StandardNormal(z_dim), x_shape, binary=True)
 
