@@ -312,7 +312,7 @@ class MADE(nn.Module):
                  activation: Callable[[], nn.Module] = nn.ReLU, # factory for the nonlinearity
                  seed: int = 0, # seed for the random ordering and random degrees
                  out_scale: float = 1e-2, # the output layer's initial weights are multiplied by this
-                 context_to_output: bool = True, # False: the context enters the first layer only (as the altosaar seed's MADE)
+                 context_to_output: bool = True, # False: the context enters the first layer only, as the altosaar seed's MADE (the first coordinate of the ordering then does not see it)
                 ):
         super().__init__()
         hidden = list(hidden)

@@ -137,15 +137,15 @@ def test_made_autoregressive_random_configs(seed):
 
 
 def test_made_context_in_the_first_layer_only():
-    "context_to_output=False (the altosaar seed's MADE): no context weight in the output layer, still autoregressive, the context still reaches every output."
+    "context_to_output=False (the altosaar seed's MADE): no context weight in the output layer, still autoregressive; the context reaches every output but the first."
     m = perturb(MADE(6, [24, 24], 2, context_features=3, context_to_output=False), seed=1)
     assert m.out.context is None and m.layers[0].context is not None and m.layers[1].context is None
     full = MADE(6, [24, 24], 2, context_features=3)
     assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in m.parameters()) == 3 * 12     # C x (D * P)
     ctx = randn(32, 3, seed=2)
     check_autoregressive(m, 6, m.ordering, ctx)
-    jac = torch.autograd.functional.jacobian(lambda c: m(randn(32, 6), c).sum(0), ctx)
-    assert (jac.abs().sum((1, 2, 3)) > 0).all()
+    jac = torch.autograd.functional.jacobian(lambda c: m(randn(32, 6), c).sum(0), ctx).abs().sum((1, 2, 3))   # (D,): in the natural ordering
+    assert jac[0] == 0 and (jac[1:] > 0).all()                                  # no hidden unit reaches the first output: its parameters are constants
     with pytest.raises(ValueError, match="would ignore it"):
         MADE(6, [], 2, context_features=3, context_to_output=False)
 
