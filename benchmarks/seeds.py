@@ -5,14 +5,14 @@ part of lvmkit: check out the ones the cases you run need (CASES names them).
     git clone https://github.com/addtt/ladder-vae-pytorch /tmp/ladder-vae-pytorch              # lvae-12
     git clone https://github.com/addtt/boiler-pytorch /tmp/boiler-pytorch                       # lvae-12: the seed's framework (boilr)
     git clone https://github.com/altosaar/variational-autoencoder /tmp/variational-autoencoder  # vae-meanfield, iaf, iaf-seed
-    git clone https://github.com/henrhoi/vae-pytorch /tmp/vae-pytorch                            # vqvae, vqvae-seed, pixelcnn, pixelcnn-seed
+    git clone https://github.com/henrhoi/vae-pytorch /tmp/vae-pytorch                            # vqvae, vqvae-seed, pixelcnn
     python benchmarks/seeds.py --lvae-src /tmp/ladder-vae-pytorch --boilr-src /tmp/boiler-pytorch \\
         --altosaar-src /tmp/variational-autoencoder --henrhoi-src /tmp/vae-pytorch                # every case; --cases to choose
 
 A step is what each project's training loop does per batch. The seed's: its own model, loss and optimiser, as its script trains them
 (lvae-12: `forward_pass`, i.e. model(x), the loss with its free bits and the L2 norm it logs, then backward and Adamax; vae-meanfield and
 iaf: the loop of train_variational_autoencoder_pytorch.py, a one-sample ELBO summed over the batch, then backward and its centred RMSprop;
-vqvae, vqvae-seed, pixelcnn and pixelcnn-seed: the `train` loop of vq_vae.py and of vq_vae_gated_pixelcnn_prior.py, its loss, backward, Adam and the `loss.item()`
+vqvae, vqvae-seed and pixelcnn: the `train` loop of vq_vae.py and of vq_vae_gated_pixelcnn_prior.py, its loss, backward, Adam and the `loss.item()`
 it records). lvmkit's: the recipe's objective through `LossModule` (stage 2: minus log p(codes), as `fit_prior` trains it), backward and
 the recipe's optimiser, eager and with `TrainConfig(compile=True)` (torch.compile of the loss module and of the optimizer's step, as `fit` does; its compile
 time is reported separately and excluded from the rate), each in float32 and under bf16 autocast (`TrainConfig(amp=True)`, `lvmkit train NAME --amp`: the forward pass in bf16
@@ -90,21 +90,17 @@ CASES = {
                        "vqvae-cifar10", ("henrhoi_src",), model_kwargs=dict(layout="seed", n_mix=1)),
     "pixelcnn": Case("henrhoi/vae-pytorch, vq_vae_gated_pixelcnn_prior.py stage 2: its Gated PixelCNN prior over the 8x8 codes (embedding 64, "
                      "a 7x7 type-A masked conv to 256 filters, 13 gated layers with full 7x7 kernels masked and layer norm, a 7x7 masked conv "
-                     "to the 128 logits), cross-entropy, Adam 8e-4, batch 64; its loop encodes and quantizes each image batch (encoder in "
-                     "training mode) before the prior. lvmkit's vqvae-cifar10 prior stage (gated_pixelcnn_prior: embedding 64, 15 gated "
-                     "layers of 256 channels with cropped 4x7 and 1x4 kernels, no normalisation, a 512-wide 1x1 output head; Adam 8e-4, "
-                     "batch 64) trains on codes computed once beforehand (not timed). The parameter counts differ; the seed's is its prior's "
+                     "to the 128 logits; its n_layers=15 counts the input and output convs), cross-entropy, Adam 8e-4, batch 64; its loop "
+                     "encodes and quantizes each image batch (encoder in training mode) before the prior. lvmkit's vqvae-cifar10 prior stage "
+                     "(gated_pixelcnn_prior: embedding 64, 13 gated layers of 256 channels, a 512-wide 1x1 output head; Adam 8e-4, batch 64; "
+                     "15 gated layers in records before 2026-12-07 23:00 UTC) trains on codes computed once beforehand (not timed). Its gated "
+                     "layers hold as many weights that masks leave free as the seed's: lvmkit crops its kernels to the 4x7 and 1x4 taps a "
+                     "causal layer may use, where the seed's multiplies full 7x7 and 1x7 weights by a mask (its parameter count includes the "
+                     "zeros: see the unmasked count). Where they still differ: lvmkit's input is a 1x1 convolution and its first gated layer "
+                     "the causal one, where the seed's is a 7x7 type-A masked convolution; lvmkit's output is the 1x1 head, the seed's a 7x7 "
+                     "masked convolution; lvmkit has no layer norm and its convolutions have biases. The seed's count is its prior's "
                      "(params_total adds the VQ-VAE it encodes with)",
                      "vqvae-cifar10", ("henrhoi_src",), prior=True),
-    "pixelcnn-seed": Case("henrhoi/vae-pytorch, vq_vae_gated_pixelcnn_prior.py stage 2, as the pixelcnn case. lvmkit's gated_pixelcnn_prior "
-                          "at the seed's size: its 13 gated layers of 256 channels (the seed's n_layers=15 counts its input and output "
-                          "convolutions too; the recipe's layers=15 are 15 gated layers), which hold as many weights that masks leave free as "
-                          "the seed's: lvmkit crops its kernels to the 4x7 and 1x4 taps a causal layer may use, where the seed's multiplies "
-                          "full 7x7 and 1x7 weights by a mask (its parameter count includes the zeros; see the unmasked count). Where they "
-                          "still differ: lvmkit's input is a 1x1 convolution and its first gated layer is the causal one, where the seed's is "
-                          "a 7x7 type-A masked convolution; lvmkit's output is a 512-wide 1x1 head, the seed's a 7x7 masked convolution; "
-                          "lvmkit has no layer norm and its convolutions have biases",
-                          "vqvae-cifar10", ("henrhoi_src",), prior=True, prior_kwargs=dict(layers=13)),
 }
 
 
@@ -216,7 +212,7 @@ def _seed_altosaar(case: str, src: str, batch: int | None):
 
 def _seed_henrhoi(case: str, src: str, batch: int | None):
     import torch
-    n = batch or (64 if case.startswith("pixelcnn") else 128)                     # vq_vae_gated_pixelcnn_prior.py: batch 64; vq_vae.py: 128
+    n = batch or (64 if case == "pixelcnn" else 128)                     # vq_vae_gated_pixelcnn_prior.py: batch 64; vq_vae.py: 128
     torch.manual_seed(0)
     x = _henrhoi_pixels(_batch(n, "cifar10"))
     torch.nn.Module.cuda = lambda self, device=None: self                # its modules and tensors call .cuda(): run them on the CPU
@@ -239,7 +235,7 @@ def _seed_henrhoi(case: str, src: str, batch: int | None):
         loss = loss_fn(x, output)
         loss.backward(); opt.step()
         loss.cpu().item()                                                # train_losses.append(loss.cpu().item())
-    prior = model.pixelcnn_prior if case.startswith("pixelcnn") else None
+    prior = model.pixelcnn_prior if case == "pixelcnn" else None
     unmasked = dict(params_unmasked=_count_unmasked(prior)) if prior is not None and _count_unmasked(prior) != _count(trained) else {}
     return step, n, opt, dict(params=_count(trained), **unmasked, params_total=_count(model.parameters()))
 
@@ -308,7 +304,7 @@ def main() -> int:
     ap.add_argument("--lvae-src", help="a checkout of addtt/ladder-vae-pytorch (lvae-12)")
     ap.add_argument("--boilr-src", help="a checkout of addtt/boiler-pytorch, the framework of ladder-vae-pytorch (lvae-12)")
     ap.add_argument("--altosaar-src", help="a checkout of altosaar/variational-autoencoder (vae-meanfield, iaf, iaf-seed)")
-    ap.add_argument("--henrhoi-src", help="a checkout of henrhoi/vae-pytorch (vqvae, vqvae-seed, pixelcnn, pixelcnn-seed)")
+    ap.add_argument("--henrhoi-src", help="a checkout of henrhoi/vae-pytorch (vqvae, vqvae-seed, pixelcnn)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (for the compiled side: the compilation)")
     ap.add_argument("--repeats", type=int, default=1, help="measure every side this many times, in rounds (each round runs every side once, "

@@ -242,7 +242,8 @@ OBJECTIVES["vq"] = vq_objective   # stage 1 trains with the model's own VQ loss
 _QUICK_PRIOR = dict(steps=10, batch_size=16, log_every=5)
 GPU_PRIORS = {"pixelcnn": PriorStage("pixelcnn", "pixelcnn_prior", dict(embed=64, channels=128, kernel=7, blocks=10, hidden=512),
                                       TrainConfig(steps=23_400, batch_size=64, lr=1e-3, log_every=200), quick_train=_QUICK_PRIOR),
-              "gated": PriorStage("gated", "gated_pixelcnn_prior", dict(embed=64, channels=256, kernel=7, layers=15, hidden=512),
+              "gated": PriorStage("gated", "gated_pixelcnn_prior", dict(embed=64, channels=256, kernel=7, layers=13, hidden=512),   # the seed's
+                                   # GatedPixelCNN(n_layers=15): 13 gated layers between its input and output convolutions
                                    TrainConfig(steps=23_400, batch_size=64, lr=8e-4, log_every=200), quick_train=_QUICK_PRIOR)}
 CPU_PRIORS = {"pixelcnn": PriorStage("pixelcnn", "pixelcnn_prior", dict(embed=64, channels=64, kernel=7, blocks=6, hidden=256),
                                       TrainConfig(steps=3_000, batch_size=64, lr=1e-3, log_every=100), quick_train=_QUICK_PRIOR),

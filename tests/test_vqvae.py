@@ -311,6 +311,8 @@ def test_experiments_and_objective():
         for key, stage in priors.items():
             assert stage.name == key and isinstance(build_model(stage.model, n_codes=128, grid=(8, 8), **stage.model_kwargs), (PixelCNNPrior, GatedPixelCNNPrior))
     assert VQVAE_CIFAR10.prior is GPU_PRIORS["gated"] and VQVAE_CIFAR10_CPU.prior is CPU_PRIORS["gated"]   # `lvmkit train vqvae` runs stage 2
+    g = build_model(GPU_PRIORS["gated"].model, n_codes=128, grid=(8, 8), **GPU_PRIORS["gated"].model_kwargs)
+    assert len(g.layers) == 13 and g.layers[0].v.out_channels == 2 * 256    # the seed's GatedPixelCNN(n_layers=15): 13 gated layers of 256
     m = VQVAE(**SMALL)
     loss, metrics = vq_objective()(m, pixels(), 0)
     assert loss.ndim == 0 and "perplexity" in metrics
