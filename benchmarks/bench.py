@@ -387,7 +387,8 @@ def page(records: list[Path], seeds: list[Path] | None = None, amp: list[Path] |
                 if "error" in s: lines.append(f"| {code} | failed: {s['error'][:80]} |" + " |" * (5 if counted else 3)); continue
                 ratio = f"{s['examples_per_s'] / base:.2f}x" if base else "–"
                 extra = f" (compile {s['warmup_s']:.0f} s, not counted)" if "compiled" in s["side"] else ""
-                spread = (f" (median of {len(s['examples_per_s_runs'])}: {min(s['examples_per_s_runs']):,.0f}–{max(s['examples_per_s_runs']):,.0f})"
+                d = 1 if min(s.get("examples_per_s_runs") or [100]) < 100 else 0                    # 5.5–5.8, not 6–6
+                spread = (f" (median of {len(s['examples_per_s_runs'])}: {min(s['examples_per_s_runs']):,.{d}f}–{max(s['examples_per_s_runs']):,.{d}f})"
                           if len(s.get("examples_per_s_runs", [])) > 1 else "")
                 g = s.get("gflop_per_step", None if s["side"] == "seed" else work)
                 flop = (f" {g:,.1f} | {g / (s['ms_per_step'] / 1000):,.0f} |" if g and g >= 10 else f" {g:.3g} | {g / (s['ms_per_step'] / 1000):,.0f} |" if g
