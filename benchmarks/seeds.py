@@ -93,7 +93,7 @@ CASES = {
                      "to the 128 logits; its n_layers=15 counts the input and output convs), cross-entropy, Adam 8e-4, batch 64; its loop "
                      "encodes and quantizes each image batch (encoder in training mode) before the prior. lvmkit's vqvae-cifar10 prior stage "
                      "(gated_pixelcnn_prior: embedding 64, 13 gated layers of 256 channels, a 512-wide 1x1 output head; Adam 8e-4, batch 64; "
-                     "15 gated layers in records before 2026-12-07 23:00 UTC) trains on codes computed once beforehand (not timed). Its gated "
+                     "15 gated layers in records made before commit be66877) trains on codes computed once beforehand (not timed). Its gated "
                      "layers hold as many weights that masks leave free as the seed's: lvmkit crops its kernels to the 4x7 and 1x4 taps a "
                      "causal layer may use, where the seed's multiplies full 7x7 and 1x7 weights by a mask (its parameter count includes the "
                      "zeros: see the unmasked count). Where they still differ: lvmkit's input is a 1x1 convolution and its first gated layer "
@@ -236,8 +236,9 @@ def _seed_henrhoi(case: str, src: str, batch: int | None):
         loss.backward(); opt.step()
         loss.cpu().item()                                                # train_losses.append(loss.cpu().item())
     prior = model.pixelcnn_prior if case == "pixelcnn" else None
-    unmasked = dict(params_unmasked=_count_unmasked(prior)) if prior is not None and _count_unmasked(prior) != _count(trained) else {}
-    return step, n, opt, dict(params=_count(trained), **unmasked, params_total=_count(model.parameters()))
+    unmasked = _count_unmasked(prior) if prior is not None else _count(trained)
+    return step, n, opt, dict(params=_count(trained), **(dict(params_unmasked=unmasked) if unmasked != _count(trained) else {}),
+                              params_total=_count(model.parameters()))
 
 
 def median_run(runs: list[dict]) -> dict:
