@@ -1,5 +1,5 @@
 "lvmkit.pretrained against a local HTTP server on 127.0.0.1: export, download, checksum failure, truncation, warm and cold caches, the CLI."
-import functools, http.server, json, threading, warnings
+import functools, http.server, json, threading, warnings, socket
 from pathlib import Path
 import pytest
 import torch
@@ -101,12 +101,17 @@ def test_offline_with_a_warm_cache(release):
     assert m is not None and any("using the manifest cached" in str(x.message) for x in w)
 
 
-def test_offline_with_a_cold_cache(release, tmp_path):
-    release["srv"].stop(); release["srv"] = Server(release["dir"])
-    with pytest.raises(ConnectionError) as e:
-        fetch("tiny", base_url=release["url"], cache=tmp_path / "cold")
+def test_offline_with_a_cold_cache(tmp_path):
+    # A port bound but never listening: connections to it are refused, and no other server can take it meanwhile (stopping a server
+    # and serving again could hand the same port back, and the "offline" location would answer).
+    dead = socket.socket(); dead.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{dead.getsockname()[1]}"
+    try:
+        with pytest.raises(ConnectionError) as e:
+            fetch("tiny", base_url=url, cache=tmp_path / "cold")
+    finally: dead.close()
     msg = str(e.value)
-    assert release["url"] + "/manifest.json" in msg and str(tmp_path / "cold") in msg and "yourself and place them in" in msg
+    assert url + "/manifest.json" in msg and str(tmp_path / "cold") in msg and "yourself and place them in" in msg
 
 
 def test_cli_eval_and_export(release, tmp_path, monkeypatch, capsys):
