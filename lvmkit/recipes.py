@@ -94,8 +94,8 @@ VLAE_CIFAR10 = register_experiment(Experiment(
     model="conv_vae", model_kwargs=dict(z_dim=16, prior="flow", n_mix=10),
     train=TrainConfig(steps=3_000, batch_size=64, lr=1e-3, ema_decay=0.999, log_every=100),
     objective=dict(analytic_kl=False),
-    data=Data(dataset="cifar10", valid_split=None, protocol=CIFAR_PROTOCOL, test_n=2000),
-    evaluation=Evaluation(k=(100,), batch_size=100),
+    data=Data(dataset="cifar10", valid_split=None, protocol=CIFAR_PROTOCOL),      # the whole test split (10 000 images)
+    evaluation=Evaluation(k=(100,), batch_size=100, max_elements=100 * 3072, compile=True),   # one sample of 100 images per pass, compiled: 4x faster than 2**25 eager on a 2-core CPU
     quick=Quick(train=dict(steps=20, batch_size=16, log_every=10), test_n=50, k=(5,)),
     reference={"VLAE paper, CIFAR-10 (large model, bits/dim)": 2.95}))
 

@@ -344,7 +344,7 @@ def test_chapter3_experiments_build():
     for exp in (VLAE_MLP, VLAE_CIFAR10, *LOSSY):
         m = build_model(exp.model, **exp.model_kwargs)
         assert m.spec["name"] == exp.model
-    assert VLAE_CIFAR10.data.dataset == "cifar10" and VLAE_CIFAR10.data.valid_split is None and VLAE_CIFAR10.data.test_n == 2000
+    assert VLAE_CIFAR10.data.dataset == "cifar10" and VLAE_CIFAR10.data.valid_split is None and VLAE_CIFAR10.data.test_n is None
     assert [e.evaluation.sample_noise for e in LOSSY] == [False, True, True]
     rf = [int(receptive_field(build_model(e.model, **e.model_kwargs).decoder, 14, 14).sum()) for e in LOSSY[1:]]
     assert rf == [4, 54], "the experiment names state the receptive fields"
